@@ -1,0 +1,383 @@
+"""Typed run configuration: nested frozen dataclasses, YAML files and dotted CLI overrides.
+
+Precedence is dataclass defaults, then the YAML file, then ``section.key=value`` overrides.
+OmegaConf does the merging, the YAML parsing and the type coercion; this module turns its
+errors into one-line messages that name the bad key and the valid ones, and validates values
+in ``__post_init__``. Field docstrings are the config reference (``config_reference()``),
+shown by ``fcn-train --help`` and copied into README.md.
+
+This module must not import torch: sweep tooling and the launch scripts validate configs
+without it.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+ARCHS = ("fcn32s", "fcn16s", "fcn8s")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key or file."""
+
+
+def _check_choice(section: str, key: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{section}.{key}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_positive(section: str, key: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"{section}.{key}={value!r} must be {bound}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: FCN variant, backbone, classes and initial weights."""
+
+    arch: str = "fcn32s"
+    """FCN variant: fcn32s (the d2l model), fcn16s or fcn8s (skips from layer3 / layer2)."""
+    backbone: str = "resnet18"
+    """torchvision ResNet trunk: resnet18, resnet34, resnet50 or resnet101."""
+    num_classes: int = 21
+    """Number of output classes (21 for Pascal VOC, background included)."""
+    pretrained: str = "imagenet"
+    """Backbone weights: imagenet (torchvision weights, cached in TORCH_HOME), none, or a path to a .pth/.safetensors state dict."""
+    upsample: str = "learnable"
+    """Transposed-conv upsampling: learnable (the seed) or fixed (bilinear and frozen, as the FCN paper)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model", "arch", self.arch, ARCHS)
+        _check_choice("model", "backbone", self.backbone, BACKBONES)
+        _check_choice("model", "upsample", self.upsample, ("learnable", "fixed"))
+        _check_positive("model", "num_classes", self.num_classes)
+        if self.num_classes > 255:
+            raise ConfigError("model.num_classes must be <= 255: masks are uint8 and 255 is void")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data comes from and how batches are made."""
+
+    root: str = "data"
+    """Dataset folder: one holding VOCdevkit/VOC2012, the VOC2012 folder itself, an Arrow dataset (format=arrow), or the synthetic cache (format=synthetic)."""
+    format: str = "voc"
+    """Reader: voc (VOCdevkit), arrow (fcn-data prepare output), hub (any datasets image-segmentation set) or synthetic (generated on first use)."""
+    download: bool = False
+    """Download VOC2012 into data.root with torchvision's code when it is missing (needs network)."""
+    train_split: str = "train"
+    """Training split file name in ImageSets/Segmentation (train_aug reads SBD's SegmentationClassAug)."""
+    val_split: str = "val"
+    """Validation split name."""
+    crop_size: list[int] = field(default_factory=lambda: [320, 480])
+    """Training crop [H, W]."""
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    """Random rescale range [min, max] of the train preset (1.0 1.0 disables it)."""
+    hflip: bool = True
+    """Random horizontal flip in the train preset."""
+    preset: str = "train"
+    """Train transforms: train (scale, pad-with-void crop, flip; keeps every image) or d2l (plain 320x480 crop, drops smaller images, as the seed)."""
+    batch_size: int = 8
+    """Images per process per optimizer micro-step."""
+    eval_batch_size: int = 1
+    """Images per process during validation (1 evaluates every image at exactly its own size)."""
+    num_workers: int = 4
+    """DataLoader worker processes per training process."""
+    prefetch_factor: int = 4
+    """Batches each worker prepares ahead (ignored when num_workers=0)."""
+    pin_memory: bool = True
+    """Pin host memory for faster, non-blocking copies to the GPU (ignored on CPU)."""
+    hub_name: str = ""
+    """format=hub: a dataset name or a local path (save_to_disk folder, parquet file or folder)."""
+    hub_image_column: str = "image"
+    """format=hub: the column holding images."""
+    hub_mask_column: str = "mask"
+    """format=hub: the column holding class-index masks."""
+    classes: Optional[list[str]] = None
+    """Class names; null means the 21 VOC classes."""
+    synthetic_train: int = 200
+    """format=synthetic: number of generated training images."""
+    synthetic_val: int = 40
+    """format=synthetic: number of generated validation images."""
+    synthetic_max_side: int = 500
+    """format=synthetic: longest image side; sizes and orientations vary below it."""
+    synthetic_seed: int = 0
+    """format=synthetic: generator seed (same seed, same files)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("data", "format", self.format, ("voc", "arrow", "hub", "synthetic"))
+        _check_choice("data", "preset", self.preset, ("train", "d2l"))
+        if len(self.crop_size) != 2 or min(self.crop_size) < 32:
+            raise ConfigError(f"data.crop_size={list(self.crop_size)} must be [H, W] with both >= 32")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError(f"data.scale_range={list(self.scale_range)} must be [min, max] with 0 < min <= max")
+        for key in ("batch_size", "eval_batch_size", "prefetch_factor", "synthetic_max_side"):
+            _check_positive("data", key, getattr(self, key))
+        for key in ("num_workers", "synthetic_train", "synthetic_val"):
+            _check_positive("data", key, getattr(self, key), allow_zero=True)
+        if self.format == "hub" and not self.hub_name:
+            raise ConfigError("data.format=hub needs data.hub_name (a dataset name or a local path)")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer, learning-rate schedule and gradient handling."""
+
+    name: str = "sgd"
+    """Optimizer: sgd or adamw."""
+    lr: float = 0.01
+    """Peak learning rate (after warmup)."""
+    momentum: float = 0.9
+    """SGD momentum (0 for plain SGD, as d2l); AdamW uses it as beta1."""
+    nesterov: bool = False
+    """Nesterov momentum for SGD."""
+    weight_decay: float = 1e-4
+    """L2 weight decay (decoupled for AdamW)."""
+    schedule: str = "poly"
+    """LR schedule stepped per optimizer step: constant, poly or cosine."""
+    poly_power: float = 0.9
+    """Exponent of the poly schedule: lr * (1 - step / total) ** power."""
+    warmup_steps: int = 0
+    """Linear warmup from 0 over this many optimizer steps."""
+    clip_grad_norm: float = 0.0
+    """Clip the global gradient norm to this value; 0 disables clipping."""
+
+    def __post_init__(self) -> None:
+        _check_choice("optim", "name", self.name, ("sgd", "adamw"))
+        _check_choice("optim", "schedule", self.schedule, ("constant", "poly", "cosine"))
+        _check_positive("optim", "lr", self.lr)
+        for key in ("momentum", "weight_decay", "warmup_steps", "clip_grad_norm", "poly_power"):
+            _check_positive("optim", key, getattr(self, key), allow_zero=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop length, precision, checkpoints, evaluation and resume."""
+
+    epochs: int = 5
+    """Passes over the training set (train.max_steps stops earlier)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps, even mid-epoch; 0 means epochs decide."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step. Global batch = processes x data.batch_size x grad_accum; the per-process batch is what the config fixes."""
+    mixed_precision: str = "no"
+    """Autocast precision: no, fp16 (with GradScaler) or bf16. The loss is always computed in fp32."""
+    channels_last: bool = True
+    """Run the network in channels_last memory format (faster on CPU and on tensor-core GPUs)."""
+    compile: bool = False
+    """torch.compile the model (exported weights keep clean names)."""
+    sync_bn: bool = False
+    """Convert BatchNorm to SyncBatchNorm across processes."""
+    output_dir: str = "runs"
+    """Parent folder of run directories."""
+    run_name: str = ""
+    """Run directory name under output_dir; empty means the config name, so a rerun resumes it."""
+    resume: str = "auto"
+    """auto (newest complete checkpoint of this run, if any), never (start over), or a checkpoint folder path."""
+    checkpoint_every: int = 500
+    """Save a resumable checkpoint every N optimizer steps (also at each epoch end); 0 = epoch ends only."""
+    keep_last: int = 3
+    """Number of step checkpoints kept (older ones are deleted)."""
+    eval_every: int = 0
+    """Validate every N optimizer steps; 0 = at each epoch end only."""
+    eval_mode: str = "whole"
+    """Validation inference: whole (pad to a multiple of 32, then crop) or slide (tiles with averaged overlaps)."""
+    seed: int = 0
+    """Seed of weights init, data order and augmentation."""
+    dist_timeout_s: int = 600
+    """Seconds a process waits on the others before failing, so a dead rank never hangs the job."""
+
+    def __post_init__(self) -> None:
+        _check_choice("train", "mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        _check_choice("train", "eval_mode", self.eval_mode, ("whole", "slide"))
+        _check_positive("train", "epochs", self.epochs)
+        _check_positive("train", "grad_accum", self.grad_accum)
+        _check_positive("train", "keep_last", self.keep_last)
+        _check_positive("train", "dist_timeout_s", self.dist_timeout_s)
+        for key in ("max_steps", "checkpoint_every", "eval_every"):
+            _check_positive("train", key, getattr(self, key), allow_zero=True)
+        if self.resume not in ("auto", "never") and not self.resume:
+            raise ConfigError("train.resume must be auto, never or a checkpoint path")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Metrics: W&B (offline without a key or network) and the local metrics.jsonl."""
+
+    wandb: bool = True
+    """Log to Weights & Biases from the main process (offline when there is no API key)."""
+    project: str = "fcn_dist"
+    """W&B project."""
+    entity: str = ""
+    """W&B entity (team or user); empty means your default."""
+    every: int = 10
+    """Log training scalars every N optimizer steps (the only host syncs in the loop)."""
+    num_images: int = 4
+    """Validation examples (image, prediction, label) logged at each evaluation."""
+
+    def __post_init__(self) -> None:
+        _check_positive("log", "every", self.every)
+        _check_positive("log", "num_images", self.num_images, allow_zero=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole run: model, data, optim, train and log sections."""
+
+    name: str = "default"
+    """Config name: the W&B group and the default run name (set from the YAML file name)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def run_dir(self) -> Path:
+        """The run directory, ``<output_dir>/<run_name or name>``."""
+        return Path(self.train.output_dir) / (self.train.run_name or self.name)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
+_SECTION_CLASSES = {
+    "model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "log": LogConfig,
+}
+
+
+def _valid_keys(full_key: str) -> str:
+    section = full_key.split(".")[0]
+    if section in _SECTION_CLASSES and "." in full_key:
+        names = [f.name for f in dataclasses.fields(_SECTION_CLASSES[section])]
+        return f"valid keys in '{section}': {', '.join(names)}"
+    return f"valid top-level keys: name, {', '.join(_SECTION_CLASSES)}"
+
+
+def _type_name(type_str: str) -> str:
+    """``Optional[list[str]]`` -> ``list[str] or null`` (field types are strings here)."""
+    if type_str.startswith("Optional[") and type_str.endswith("]"):
+        return f"{type_str[len('Optional['):-1]} or null"
+    return type_str
+
+
+def _field_type(full_key: str) -> str:
+    section, _, name = full_key.partition(".")
+    cls = _SECTION_CLASSES.get(section)
+    types = {f.name: f.type for f in dataclasses.fields(cls)} if cls else {}
+    return _type_name(str(types.get(name, "?")))
+
+
+def _friendly(err: OmegaConfBaseException, source: str) -> ConfigError:
+    key = getattr(err, "full_key", None) or "?"
+    if isinstance(err, ConfigKeyError):
+        return ConfigError(f"unknown config key '{key}' in {source}; {_valid_keys(key)}")
+    if isinstance(err, ValidationError):
+        return ConfigError(f"bad value for config key '{key}' in {source}: expected {_field_type(key)}, "
+                           f"got {getattr(err, 'value', None)!r}")
+    return ConfigError(f"config error at '{key}' in {source}: {str(err).splitlines()[0]}")
+
+
+def _merge(base, other, source: str):
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise _friendly(err, source) from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated Config from defaults, an optional YAML file and dotted overrides.
+
+    Args:
+        path: YAML file with any subset of the sections; its stem becomes ``name`` unless set.
+        overrides: strings like ``optim.lr=0.01`` or ``data.crop_size=[256,256]``.
+
+    Returns:
+        The frozen Config.
+
+    Raises:
+        ConfigError: missing/invalid file, unknown key, wrong type or invalid value.
+    """
+    cfg = OmegaConf.structured(Config)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"cannot parse YAML {path}: {str(err).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+        loaded.setdefault("name", path.stem)
+        cfg = _merge(cfg, loaded, str(path))
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. optim.lr=0.01")
+        key = item.split("=", 1)[0]
+        if "." not in key and key != "name":
+            raise ConfigError(f"override {item!r} must name section.key; {_valid_keys(key)}")
+        try:
+            dotlist = OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"cannot parse override {item!r}: {str(err).splitlines()[0]}") from None
+        cfg = _merge(cfg, dotlist, f"override {item!r}")
+    try:
+        return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise _friendly(err, str(path) if path else "config") from None
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """Plain nested dict of a Config (for YAML, W&B and checkpoint metadata)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically; ``load_config`` reads it back equal."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings (the string literal under each field) of a dataclass."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr)
+                and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def config_reference() -> str:
+    """Markdown reference of every config key: type, default and its docstring."""
+    lines = []
+    for section, cls in _SECTION_CLASSES.items():
+        docs = _field_docs(cls)
+        lines += [f"#### `{section}`: {inspect.getdoc(cls)}", "", "| key | type | default | meaning |",
+                  "|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"| `{section}.{f.name}` | {_type_name(str(f.type))} | `{yaml.safe_dump(default, default_flow_style=True).strip().removesuffix('...').strip()}` | {docs.get(f.name, '')} |")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+if __name__ == "__main__":  # python -m fcn_dist.config: print the reference that README.md embeds
+    print(config_reference(), end="")

@@ -1,0 +1,189 @@
+"""FCN models (Long et al.; the d2l.ai chapter's network) on torchvision ResNet trunks.
+
+``fcn32s`` + ``resnet18`` is the seed's network layer for layer: the ResNet-18 children
+without avgpool/fc, a 1x1 conv 512 -> C, and ``ConvTranspose2d(C, C, 64, stride=32,
+padding=16)`` initialised with the bilinear kernel (12,993,642 parameters for C=21).
+``fcn16s``/``fcn8s`` add the paper's skips: 1x1 score convs on layer3 (stride 16) and layer2
+(stride 8), initialised at zero, fused after 2x transposed convs with bilinear init.
+
+Any input size: the trunk has output stride 32, so an input of H x W with H, W multiples of
+32 comes back at exactly H x W. Other sizes are zero-padded at the bottom and right up to the
+next multiple of 32 (zero is the mean colour after normalisation), run, and the logits are
+cropped back to H x W. Padding only on the far sides keeps every pixel at the same place
+relative to the stride-32 grid as in an unpadded image (the geometry of the seed's network is
+unchanged; the logits still see the padding through the trunk's large receptive field).
+
+This module knows nothing about processes, logging or files other than weights.
+"""
+
+from __future__ import annotations
+
+import urllib.error
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from .config import ModelConfig
+
+OUTPUT_STRIDE = 32
+_TRUNK_CHANNELS = {  # (layer2, layer3, layer4) output channels
+    "resnet18": (128, 256, 512), "resnet34": (128, 256, 512),
+    "resnet50": (512, 1024, 2048), "resnet101": (512, 1024, 2048),
+}
+_IMAGENET_WEIGHTS = {
+    "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights",
+}
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Backbone weights that cannot be loaded; the message names the file and the fix."""
+
+
+def bilinear_kernel(in_channels: int, out_channels: int, kernel_size: int) -> torch.Tensor:
+    """The seed's bilinear upsampling kernel for ``ConvTranspose2d`` weights.
+
+    Returns:
+        (in_channels, out_channels, k, k) tensor: the 2-D bilinear filter on the channel
+        diagonal and zero elsewhere.
+    """
+    factor = (kernel_size + 1) // 2
+    center = factor - 1 if kernel_size % 2 == 1 else factor - 0.5
+    og = torch.arange(kernel_size, dtype=torch.float32)
+    filt1d = 1 - torch.abs(og - center) / factor
+    weight = torch.zeros(in_channels, out_channels, kernel_size, kernel_size)
+    idx = torch.arange(min(in_channels, out_channels))
+    weight[idx, idx] = filt1d[:, None] * filt1d[None, :]
+    return weight
+
+
+def _upsampler(channels: int, factor: int, fixed: bool) -> nn.ConvTranspose2d:
+    """A ``2f x 2f`` stride-``f`` transposed conv that scales by exactly ``f``, bilinear-initialised."""
+    layer = nn.ConvTranspose2d(channels, channels, kernel_size=2 * factor, stride=factor,
+                               padding=factor // 2, bias=not fixed)
+    with torch.no_grad():
+        layer.weight.copy_(bilinear_kernel(channels, channels, 2 * factor))
+        if layer.bias is not None:
+            layer.bias.zero_()
+    layer.weight.requires_grad_(not fixed)
+    return layer
+
+
+class FCN(nn.Module):
+    """Fully convolutional network on a ResNet trunk.
+
+    Attributes:
+        backbone: ResNet children conv1..layer4 (torchvision names, so torchvision state
+            dicts load into it directly).
+        score: 1x1 conv from the last trunk channels to classes (the seed's ``final_conv``).
+        upsample: the final transposed conv back to input resolution (the seed's
+            ``transpose_conv``), stride 32, 16 or 8 depending on the arch.
+        score_layer3, up2_32 (fcn16s, fcn8s), score_layer2, up2_16 (fcn8s): skip scores and
+            2x transposed convs.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        resnet = getattr(torchvision.models, cfg.backbone)(weights=None)
+        self.backbone = nn.Sequential(OrderedDict(list(resnet.named_children())[:-2]))
+        c2, c3, c4 = _TRUNK_CHANNELS[cfg.backbone]
+        n, fixed = cfg.num_classes, cfg.upsample == "fixed"
+        self.score = nn.Conv2d(c4, n, kernel_size=1)
+        if cfg.arch in ("fcn16s", "fcn8s"):
+            self.score_layer3 = _zero_conv(c3, n)
+            self.up2_32 = _upsampler(n, 2, fixed)
+        if cfg.arch == "fcn8s":
+            self.score_layer2 = _zero_conv(c2, n)
+            self.up2_16 = _upsampler(n, 2, fixed)
+        final_stride = {"fcn32s": 32, "fcn16s": 16, "fcn8s": 8}[cfg.arch]
+        self.upsample = _upsampler(n, final_stride, fixed)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images (B, 3, H, W) normalised, H, W >= 32. Returns: logits (B, C, H, W)."""
+        h, w = images.shape[-2:]
+        pad_h, pad_w = -h % OUTPUT_STRIDE, -w % OUTPUT_STRIDE
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h))
+        feats = {}
+        x = images
+        for name, layer in self.backbone.named_children():
+            x = layer(x)
+            feats[name] = x
+        logits = self.score(x)
+        if self.cfg.arch in ("fcn16s", "fcn8s"):
+            logits = self.up2_32(logits) + self.score_layer3(feats["layer3"])
+        if self.cfg.arch == "fcn8s":
+            logits = self.up2_16(logits) + self.score_layer2(feats["layer2"])
+        logits = self.upsample(logits)
+        return logits[..., :h, :w]
+
+
+def _zero_conv(in_channels: int, num_classes: int) -> nn.Conv2d:
+    conv = nn.Conv2d(in_channels, num_classes, kernel_size=1)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise PretrainedWeightsError(f"model.pretrained={path}: file not found (use imagenet, none or a .pth/.safetensors path)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def load_backbone_weights(model: FCN, pretrained: str) -> None:
+    """Load backbone weights into ``model.backbone`` from torchvision (imagenet) or a file.
+
+    Args:
+        model: the FCN whose trunk receives the weights.
+        pretrained: ``imagenet``, ``none`` or a path to a ResNet state dict (.pth or
+            .safetensors; ``fc.*`` and ``backbone.`` prefixes are accepted).
+
+    Raises:
+        PretrainedWeightsError: unreadable file, mismatched keys, or imagenet weights that
+            are neither cached nor downloadable; never falls back to random weights.
+    """
+    if pretrained == "none":
+        return
+    if pretrained == "imagenet":
+        weights = getattr(torchvision.models, _IMAGENET_WEIGHTS[model.cfg.backbone]).DEFAULT
+        cache = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        try:
+            state = weights.get_state_dict(progress=False)
+        except (urllib.error.URLError, OSError, RuntimeError) as err:
+            raise PretrainedWeightsError(
+                f"model.pretrained=imagenet: cannot download {weights.url} ({err.__class__.__name__}: {err}); "
+                f"put that file at {cache} (TORCH_HOME decides the folder), or set model.pretrained=none "
+                "or a local .pth/.safetensors path") from None
+    else:
+        state = _read_state_dict(Path(pretrained))
+    state = {k.removeprefix("backbone."): v for k, v in state.items() if not k.startswith("fc.")}
+    expected = model.backbone.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or mismatched:
+        raise PretrainedWeightsError(
+            f"model.pretrained={pretrained}: not a {model.cfg.backbone} state dict "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {mismatched[:3]})")
+    model.backbone.load_state_dict(state, strict=True)
+
+
+def build_model(cfg: ModelConfig) -> FCN:
+    """Build an FCN from its config and load the configured backbone weights.
+
+    Returns:
+        The model in train mode on CPU, fp32.
+    """
+    model = FCN(cfg)
+    load_backbone_weights(model, cfg.pretrained)
+    return model
