@@ -1,0 +1,155 @@
+"""Datasets and loaders: one entry point for every data source of a config.
+
+``build_dataset`` reads ``data.format`` (voc, arrow, hub, synthetic), applies the preset
+(``fcn_dist.data.transforms``) and, for the d2l preset, drops images smaller than the crop using
+sizes from image headers. ``build_dataloaders`` makes the train and val DataLoaders. Items are
+always ``(image uint8 (3, H, W), mask uint8 (H, W))`` with 255 = void kept; normalisation is
+done on the device by the training and evaluation code (``transforms.normalize``).
+
+Plain PyTorch: nothing here knows about processes. Under Accelerate, call
+``train_loader.dataset.set_epoch(epoch)`` (or the prepared loader's ``set_epoch``) before each
+epoch: Accelerate's ``DataLoaderShard`` only forwards ``set_epoch`` to the dataset when its
+batch sampler is not a ``BatchSamplerShard`` (that is, with one process), so multi-process runs
+must call it themselves for epoch-dependent augmentation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .transforms import AugmentedDataset, build_transforms
+from .voc import IGNORE_INDEX, VOC_CLASSES, DataError, VOCSegmentation, download_voc, find_voc_root
+
+
+def class_names(data_cfg) -> list[str]:
+    """The class names of a config: ``data.classes``, or the 21 VOC classes when unset."""
+    return list(data_cfg.classes) if data_cfg.classes else list(VOC_CLASSES)
+
+
+def build_reader(data_cfg, split: str):
+    """The untransformed dataset of a split, for any ``data.format``.
+
+    Returns:
+        A dataset of ``(image uint8 (3, H, W), mask uint8 (H, W))`` with a ``sizes()`` method
+        giving every image's (H, W) without decoding it.
+    """
+    num_classes = len(class_names(data_cfg))
+    if data_cfg.format == "arrow":
+        from .hub import load_arrow
+        return load_arrow(data_cfg.root, split, num_classes)
+    if data_cfg.format == "hub":
+        from .hub import load_hub
+        return load_hub(data_cfg, split, num_classes)
+    if data_cfg.format == "synthetic":
+        from .synthetic import ensure_synthetic
+        root = ensure_synthetic(data_cfg)
+    else:
+        root = Path(data_cfg.root).expanduser()
+        if data_cfg.download and find_voc_root(root) is None:
+            download_voc(root)
+    return VOCSegmentation(root, split, num_classes=num_classes)
+
+
+def build_dataset(data_cfg, split: str, train: bool, seed: int = 0):
+    """A split with its transform preset.
+
+    Args:
+        data_cfg: ``DataConfig``.
+        split: split name (``data.train_split`` or ``data.val_split``).
+        train: True gives the random train preset, seeded per sample from (seed, epoch, index),
+            with ``set_epoch``; False gives whole, untouched images.
+        seed: the run seed (``train.seed``).
+
+    Returns:
+        A dataset of ``(image uint8 (3, H, W), mask uint8 (H, W))``; train items are
+        ``data.crop_size``.
+
+    Raises:
+        DataError: bad or missing data (the message names the file), or, for the d2l preset, no
+            image at least as large as the crop.
+    """
+    base = build_reader(data_cfg, split)
+    if not train:
+        return base
+    indices = None
+    if data_cfg.preset == "d2l":
+        crop_h, crop_w = data_cfg.crop_size
+        indices = [i for i, (h, w) in enumerate(base.sizes()) if h >= crop_h and w >= crop_w]
+        if not indices:
+            raise DataError(f"split {split!r} of {data_cfg.root} has no image of at least {crop_h}x{crop_w} (HxW), "
+                            f"which the d2l preset needs; use data.preset=train or a smaller data.crop_size")
+    return AugmentedDataset(base, build_transforms(data_cfg, train=True), seed, indices)
+
+
+def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack samples of different sizes, padding bottom and right (image 0, mask 255).
+
+    Args:
+        batch: ``(image uint8 (3, H_i, W_i), mask uint8 (H_i, W_i))`` pairs.
+
+    Returns:
+        images uint8 (B, 3, H, W) and masks uint8 (B, H, W), H and W the largest in the batch;
+        padded mask pixels are 255, so metrics ignore them.
+    """
+    height = max(image.shape[1] for image, _ in batch)
+    width = max(image.shape[2] for image, _ in batch)
+    images = torch.zeros((len(batch), 3, height, width), dtype=torch.uint8)
+    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.uint8)
+    for k, (image, mask) in enumerate(batch):
+        images[k, :, : image.shape[1], : image.shape[2]] = image
+        masks[k, : mask.shape[0], : mask.shape[1]] = mask
+    return images, masks
+
+
+def _loader_kwargs(data_cfg) -> dict:
+    workers = data_cfg.num_workers
+    return {
+        "num_workers": workers,
+        "pin_memory": data_cfg.pin_memory and torch.cuda.is_available(),
+        "persistent_workers": workers > 0,
+        "prefetch_factor": data_cfg.prefetch_factor if workers > 0 else None,
+    }
+
+
+def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """Train and val DataLoaders of a config.
+
+    Train: ``data.batch_size`` crops, ``drop_last``, shuffled by a ``torch.Generator`` seeded with
+    ``train.seed``. Val: ``data.eval_batch_size`` whole images in file order, padded to a common
+    size by ``pad_collate``.
+
+    Args:
+        cfg: the run ``Config``.
+
+    Returns:
+        (train_loader, val_loader) yielding ``images uint8 (B, 3, H, W)``, ``masks uint8 (B, H, W)``.
+
+    Raises:
+        DataError: bad data, or fewer training images than one batch.
+        ConfigError: ``model.num_classes`` differs from the number of class names.
+    """
+    from fcn_dist.config import ConfigError
+
+    names = class_names(cfg.data)
+    if cfg.model.num_classes != len(names):
+        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the data has {len(names)} classes "
+                          f"(data.classes); make them equal")
+    train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, seed=cfg.train.seed)
+    if len(train_set) < cfg.data.batch_size:
+        raise DataError(f"split {cfg.data.train_split!r} of {cfg.data.root} has {len(train_set)} usable images, "
+                        f"fewer than data.batch_size={cfg.data.batch_size}; lower the batch size")
+    val_set = build_dataset(cfg.data, cfg.data.val_split, train=False)
+    generator = torch.Generator()
+    generator.manual_seed(cfg.train.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_set, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, generator=generator,
+        **_loader_kwargs(cfg.data))
+    val_loader = torch.utils.data.DataLoader(
+        val_set, batch_size=cfg.data.eval_batch_size, shuffle=False, collate_fn=pad_collate,
+        **_loader_kwargs(cfg.data))
+    return train_loader, val_loader
+
+
+__all__ = ["build_dataset", "build_dataloaders", "build_reader", "class_names", "pad_collate", "DataError"]

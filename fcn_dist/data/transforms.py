@@ -1,0 +1,157 @@
+"""Paired image/mask transforms on uint8 tensors, their seeding, and normalisation constants.
+
+Presets (``build_transforms``), built on torchvision ``transforms.v2`` with ``tv_tensors.Image``
+and ``tv_tensors.Mask`` so one draw of parameters moves both, and masks are resized nearest:
+
+- ``train``: random scale in ``data.scale_range``, pad to ``data.crop_size`` (image 0, mask 255,
+  so padding is ignored by the loss), random crop, horizontal flip if ``data.hflip``. Keeps
+  every image, portrait ones included.
+- ``d2l``: a plain random crop of ``data.crop_size``, as the seed; the dataset drops images
+  smaller than the crop (see ``fcn_dist.data.build_dataset``).
+- eval: the whole image, untouched.
+
+Workers return uint8 (a quarter of float32's bytes through shared memory and pinned memory);
+``normalize`` turns a uint8 batch into normalised float32 on the device.
+
+``AugmentedDataset`` seeds the random transform of sample ``index`` from ``(seed, epoch,
+index)``, so an augmentation does not depend on the number of workers or processes, nor on
+where a run resumed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 images to normalised float32, on the images' device and in their memory format.
+
+    Args:
+        images: uint8 (B, 3, H, W) or (3, H, W), values 0..255.
+        mean, std: per-channel statistics of images scaled to [0, 1].
+
+    Returns:
+        float32 tensor of the same shape: ``(images / 255 - mean) / std``.
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    return images.float().div_(255.0).sub_(mean_t).div_(std_t)
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 63-bit seed for the augmentation of one sample in one epoch."""
+    words = np.random.SeedSequence([seed % 2**64, epoch % 2**64, index % 2**64]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+class PairTransform:
+    """Applies a list of v2 transforms to an (image, mask) pair of plain tensors.
+
+    Args:
+        transforms: v2 transforms; an empty list is the identity (the eval preset).
+    """
+
+    def __init__(self, transforms: list) -> None:
+        self.transforms = v2.Compose(transforms) if transforms else None
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """image uint8 (3, H, W), mask uint8 (H, W) -> the same dtypes at the output size."""
+        if self.transforms is None:
+            return image, mask
+        image, mask = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+
+    def __repr__(self) -> str:
+        return f"PairTransform({self.transforms.transforms if self.transforms else []})"
+
+
+class RandomScale(v2.Transform):
+    """Rescale image and mask by one factor drawn uniformly from ``scale_range`` [min, max].
+
+    Images are resized bilinearly with antialiasing; masks (``tv_tensors.Mask``) nearest.
+    """
+
+    def __init__(self, scale_range: Sequence[float]) -> None:
+        super().__init__()
+        self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+
+    def make_params(self, flat_inputs: list) -> dict:
+        height, width = v2.query_size(flat_inputs)
+        scale = torch.empty(()).uniform_(*self.scale_range).item()
+        return {"size": [max(1, round(height * scale)), max(1, round(width * scale))]}
+
+    def transform(self, inpt, params: dict):
+        return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
+
+
+def build_transforms(data_cfg, train: bool) -> PairTransform:
+    """The transform preset of a config.
+
+    Args:
+        data_cfg: ``DataConfig`` (preset, crop_size, scale_range, hflip).
+        train: False gives the eval preset (identity: whole images).
+
+    Returns:
+        A callable ``(image uint8 (3, H, W), mask uint8 (H, W)) -> (image, mask)``; train
+        presets return ``data.crop_size`` crops.
+    """
+    if not train:
+        return PairTransform([])
+    crop = list(data_cfg.crop_size)
+    if data_cfg.preset == "d2l":
+        return PairTransform([v2.RandomCrop(crop)])
+    steps = []
+    if tuple(data_cfg.scale_range) != (1.0, 1.0):
+        steps.append(RandomScale(data_cfg.scale_range))
+    # pad the mask with 255 so the padding is ignored by the loss and the metrics
+    steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}))
+    if data_cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip(p=0.5))
+    return PairTransform(steps)
+
+
+class AugmentedDataset(torch.utils.data.Dataset):
+    """A dataset whose random transform is seeded per sample from (seed, epoch, index).
+
+    The epoch lives in a shared-memory tensor, so ``set_epoch`` reaches persistent DataLoader
+    workers. Call it before iterating the loader for that epoch (Accelerate's prepared loader
+    calls it in ``__iter__`` for single-process runs; see ``fcn_dist.data.build_dataloaders``).
+
+    Args:
+        base: dataset of ``(image uint8 (3, H, W), mask uint8 (H, W))`` without a transform.
+        transform: ``(image, mask) -> (image, mask)`` using torch's global RNG.
+        seed: the run seed (``train.seed``).
+        indices: the base indices to keep (the d2l preset drops small images); None keeps all.
+    """
+
+    def __init__(self, base, transform: Callable, seed: int = 0, indices: Optional[Sequence[int]] = None) -> None:
+        self.base = base
+        self.transform = transform
+        self.seed = int(seed)
+        self.indices = list(range(len(base))) if indices is None else list(indices)
+        self.epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch`` (visible to running workers)."""
+        self.epoch.fill_(int(epoch))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the transformed image uint8 (3, h, w) and mask uint8 (h, w)."""
+        index = self.indices[i]
+        image, mask = self.base[index]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, int(self.epoch), index))
+            return self.transform(image, mask)

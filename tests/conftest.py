@@ -1,0 +1,21 @@
+"""Shared pytest fixtures (data)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def synthetic_voc(tmp_path_factory) -> Path:
+    """A small synthetic VOC set: 12 train and 4 val images, longest side 96 px, seed 0.
+
+    Returns the folder holding ``VOCdevkit/VOC2012`` (a valid ``data.root``). Shared by the
+    whole session: read it, never modify it (copy it with ``shutil.copytree`` first).
+    """
+    from fcn_dist.data.synthetic import make_synthetic_voc
+
+    root = tmp_path_factory.mktemp("synthetic_voc")
+    make_synthetic_voc(root, num_train=12, num_val=4, seed=0, max_side=96)
+    return root

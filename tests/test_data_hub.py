@@ -1,0 +1,191 @@
+"""Arrow (`fcn-data prepare`, data.format=arrow) and hub (data.format=hub) sources."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fcn_dist.config import load_config
+from fcn_dist.data import build_dataloaders, build_dataset
+from fcn_dist.data.cli import main as data_cli
+from fcn_dist.data.hub import ArrowSegmentation, load_arrow, prepare_arrow
+from fcn_dist.data.transforms import normalize
+from fcn_dist.data.voc import DataError, VOCSegmentation, read_split
+from fcn_dist.model import build_model
+
+CLASSES16 = [f"class{i}" for i in range(16)]  # the synthetic set uses indices up to 15
+
+
+@pytest.fixture()
+def hf_cache(tmp_path, monkeypatch):
+    """Keep datasets' cache (parquet -> Arrow conversion) under tmp_path."""
+    cache = tmp_path / "hf_cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+@pytest.fixture(scope="module")
+def arrow_root(synthetic_voc, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("arrow") / "voc_arrow"
+    assert data_cli(["prepare", "--data-root", str(synthetic_voc), "--out", str(out)]) == 0
+    return out
+
+
+def test_arrow_equals_voc_reader_sample_for_sample(synthetic_voc, arrow_root):
+    voc = synthetic_voc / "VOCdevkit" / "VOC2012"
+    saved = datasets.load_from_disk(str(arrow_root))
+    assert sorted(saved) == ["train", "val"]
+    assert set(saved["train"].column_names) == {"name", "height", "width", "image", "mask"}
+    for split in ("train", "val"):
+        arrow, reader = load_arrow(arrow_root, split), VOCSegmentation(synthetic_voc, split)
+        assert len(arrow) == len(reader) == len(read_split(voc, split))
+        assert arrow.table.cache_files  # memory-mapped from the saved files, not copied into RAM
+        assert arrow.sizes() == reader.sizes()
+        for i, name in enumerate(read_split(voc, split)):
+            image, mask = arrow[i]
+            expected_mask = np.array(Image.open(voc / "SegmentationClass" / f"{name}.png"))
+            assert mask.dtype == torch.uint8 and np.array_equal(mask.numpy(), expected_mask)
+            assert torch.equal(image, reader[i][0]) and torch.equal(mask, reader[i][1])
+            assert saved[split][i]["name"] == name
+
+
+def test_arrow_format_goes_through_build_dataloaders(synthetic_voc, arrow_root):
+    common = ["data.crop_size=[32,48]", "data.batch_size=3", "data.num_workers=0", "data.eval_batch_size=2",
+              "train.seed=7"]
+    arrow_loaders = build_dataloaders(load_config(None, ["data.format=arrow", f"data.root={arrow_root}", *common]))
+    voc_loaders = build_dataloaders(load_config(None, ["data.format=voc", f"data.root={synthetic_voc}", *common]))
+    for arrow_loader, voc_loader in zip(arrow_loaders, voc_loaders):
+        pairs = list(zip(arrow_loader, voc_loader))
+        assert len(pairs) == len(voc_loader) > 0
+        for (a_images, a_masks), (v_images, v_masks) in pairs:
+            assert torch.equal(a_images, v_images) and torch.equal(a_masks, v_masks)
+
+
+def test_prepare_refuses_to_overwrite_and_validates(synthetic_voc, arrow_root, tmp_path):
+    with pytest.raises(DataError, match=str(arrow_root)):
+        prepare_arrow(synthetic_voc, arrow_root)
+    shutil.copytree(synthetic_voc / "VOCdevkit", tmp_path / "VOCdevkit")
+    bad = tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "train_00002.jpg"
+    bad.write_bytes(b"not a jpeg")
+    out = tmp_path / "arrow"
+    with pytest.raises(DataError, match=str(bad)):
+        prepare_arrow(tmp_path, out)
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["VOCdevkit"]
+
+
+def test_check_lists_bad_arrow_rows(synthetic_voc, tmp_path, capsys):
+    rows = []
+    voc = synthetic_voc / "VOCdevkit" / "VOC2012"
+    for k, name in enumerate(read_split(voc, "val")):
+        image = (voc / "JPEGImages" / f"{name}.jpg").read_bytes()
+        rows.append({"name": name, "height": 1, "width": 1,
+                     "image": {"bytes": image[: len(image) // 2] if k == 1 else image, "path": None},
+                     "mask": {"bytes": (voc / "SegmentationClass" / f"{name}.png").read_bytes(), "path": None}})
+    features = datasets.Features({"name": datasets.Value("string"), "height": datasets.Value("int32"),
+                                  "width": datasets.Value("int32"), "image": datasets.Image(),
+                                  "mask": datasets.Image()})
+    datasets.DatasetDict({"val": datasets.Dataset.from_list(rows, features=features)}).save_to_disk(
+        str(tmp_path / "arrow"))
+    assert data_cli(["check", "--data-root", str(tmp_path / "arrow")]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and "row 1" in lines[0] and "val_00001" in lines[0] and "truncated" in lines[0]
+
+
+def _hub_rows(voc: Path, split: str) -> list[dict]:
+    return [{"file_id": name,
+             "pixel_values": {"bytes": (voc / "JPEGImages" / f"{name}.jpg").read_bytes(), "path": None},
+             "label": {"bytes": (voc / "SegmentationClass" / f"{name}.png").read_bytes(), "path": None}}
+            for name in read_split(voc, split)]
+
+
+def _hub_dataset(synthetic_voc: Path) -> datasets.DatasetDict:
+    voc = synthetic_voc / "VOCdevkit" / "VOC2012"
+    features = datasets.Features({"file_id": datasets.Value("string"), "pixel_values": datasets.Image(),
+                                  "label": datasets.Image()})
+    return datasets.DatasetDict({split: datasets.Dataset.from_list(_hub_rows(voc, name), features=features)
+                                 for split, name in (("train", "train"), ("validation", "val"))})
+
+
+def _hub_overrides(hub_name: Path, *extra: str) -> list[str]:
+    return ["data.format=hub", f"data.hub_name={hub_name}", "data.hub_image_column=pixel_values",
+            "data.hub_mask_column=label", f"data.classes=[{','.join(CLASSES16)}]", "model.num_classes=16",
+            "model.pretrained=none", "data.crop_size=[32,48]", "data.batch_size=2", "data.num_workers=0",
+            "train.seed=5", *extra]
+
+
+def test_hub_dataset_with_other_columns_trains_through_the_same_loader(synthetic_voc, tmp_path):
+    _hub_dataset(synthetic_voc).save_to_disk(str(tmp_path / "hub"))
+    cfg = load_config(None, _hub_overrides(tmp_path / "hub"))
+    train_loader, val_loader = build_dataloaders(cfg)
+    assert isinstance(train_loader.dataset.base, ArrowSegmentation) and len(val_loader) == 4
+    # the same batches as the VOCdevkit reader gives for the same files and seed
+    voc_cfg = load_config(None, [*_hub_overrides(tmp_path / "hub"), "data.format=voc", f"data.root={synthetic_voc}"])
+    voc_train, voc_val = build_dataloaders(voc_cfg)
+    for (images, masks), (voc_images, voc_masks) in zip([*train_loader, *val_loader], [*voc_train, *voc_val]):
+        assert torch.equal(images, voc_images) and torch.equal(masks, voc_masks)
+
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    before = [p.detach().clone() for p in model.parameters()]
+    train_loader.dataset.set_epoch(0)
+    for images, masks in train_loader:
+        logits = model(normalize(images))
+        assert logits.shape == (2, 16, 32, 48)
+        loss = torch.nn.functional.cross_entropy(logits, masks.long(), ignore_index=255)
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_hub_parquet_folder_and_file(synthetic_voc, tmp_path, hf_cache):
+    hub = _hub_dataset(synthetic_voc)
+    folder = tmp_path / "parquet"
+    folder.mkdir()
+    hub["train"].to_parquet(str(folder / "train.parquet"))
+    hub["validation"].to_parquet(str(folder / "validation.parquet"))
+    reference = VOCSegmentation(synthetic_voc, "val", num_classes=16)
+    cfg = load_config(None, _hub_overrides(folder))
+    val = build_dataset(cfg.data, "val", train=False)  # "val" finds the "validation" split
+    assert len(val) == len(reference) == 4
+    for i in range(len(val)):
+        assert all(torch.equal(a, b) for a, b in zip(val[i], reference[i]))
+    single = load_config(None, _hub_overrides(folder / "train.parquet"))
+    assert len(build_dataset(single.data, "train", train=True)) == 12
+    with pytest.raises(DataError, match="no split 'val'.*splits: train"):
+        build_dataset(single.data, "val", train=False)
+    assert hf_cache.exists()
+
+
+def test_hub_errors_name_the_column_and_the_key(synthetic_voc, tmp_path, hf_cache):
+    _hub_dataset(synthetic_voc).save_to_disk(str(tmp_path / "hub"))
+    cfg = load_config(None, _hub_overrides(tmp_path / "hub", "data.hub_mask_column=segmentation"))
+    with pytest.raises(DataError, match="no column 'segmentation'.*file_id, pixel_values, label.*hub_mask_column"):
+        build_dataset(cfg.data, "train", train=True)
+    few_classes = load_config(None, _hub_overrides(tmp_path / "hub", "data.classes=[a,b,c]", "model.num_classes=3"))
+    with pytest.raises(DataError, match=r"row 0 \(?.*mask values .* outside 0..2"):
+        build_dataset(few_classes.data, "val", train=False)[0]
+    missing = load_config(None, _hub_overrides(tmp_path / "nothing_here"))
+    with pytest.raises(DataError, match="nothing_here"):
+        build_dataset(missing.data, "train", train=True)
+
+
+def test_hub_mask_as_integer_array(tmp_path):
+    mask = np.array([[0, 1, 255], [2, 2, 0]], dtype=np.uint8)
+    image = Image.fromarray(np.full((2, 3, 3), 7, np.uint8))
+    table = datasets.Dataset.from_dict({"img": [image], "seg": [mask.tolist()]},
+                                       features=datasets.Features({"img": datasets.Image(),
+                                                                   "seg": datasets.Array2D((2, 3), "uint8")}))
+    out_image, out_mask = ArrowSegmentation(table, ("img", "seg"), 3, "memory")[0]
+    assert np.array_equal(out_mask.numpy(), mask) and bool((out_image == 7).all())
+    bad = ArrowSegmentation(table, ("img", "seg"), 2, "memory")
+    with pytest.raises(DataError, match=r"memory row 0 mask: mask values \[2\]"):
+        bad[0]

@@ -1,0 +1,91 @@
+"""build_dataloaders: batching, seeded shuffling, worker options, eval padding, config checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fcn_dist.config import ConfigError, load_config
+from fcn_dist.data import build_dataloaders, class_names, pad_collate
+from fcn_dist.data.voc import VOC_CLASSES, DataError, VOCSegmentation
+
+
+def _cfg(root, *extra):
+    return load_config(None, ["data.format=voc", f"data.root={root}", "data.crop_size=[32,48]",
+                              "data.batch_size=5", "data.num_workers=0", *extra])
+
+
+def _epoch(loader, epoch=0):
+    loader.dataset.set_epoch(epoch)
+    return [t for batch in loader for t in batch]
+
+
+def test_train_loader_options(synthetic_voc):
+    train, val = build_dataloaders(_cfg(synthetic_voc, "data.num_workers=2", "data.prefetch_factor=3"))
+    assert train.batch_size == 5 and train.drop_last and len(train) == 12 // 5
+    assert isinstance(train.sampler, torch.utils.data.RandomSampler) and train.generator is not None
+    assert train.num_workers == 2 and train.persistent_workers and train.prefetch_factor == 3
+    assert train.pin_memory == torch.cuda.is_available()
+    assert val.batch_size == 1 and isinstance(val.sampler, torch.utils.data.SequentialSampler)
+    assert val.collate_fn is pad_collate and val.persistent_workers
+    images, masks = next(iter(train))
+    assert images.shape == (5, 3, 32, 48) and masks.shape == (5, 32, 48)
+    assert images.dtype == masks.dtype == torch.uint8
+    zero_workers, _ = build_dataloaders(_cfg(synthetic_voc))
+    assert not zero_workers.persistent_workers and zero_workers.prefetch_factor is None
+
+
+def test_shuffle_is_seeded(synthetic_voc):
+    first = _epoch(build_dataloaders(_cfg(synthetic_voc, "train.seed=1"))[0])
+    again = _epoch(build_dataloaders(_cfg(synthetic_voc, "train.seed=1"))[0])
+    other = _epoch(build_dataloaders(_cfg(synthetic_voc, "train.seed=2"))[0])
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(first) == 4
+    assert not all(torch.equal(a, b) for a, b in zip(first, other))
+
+
+def test_val_loader_pads_with_void(synthetic_voc):
+    _, val = build_dataloaders(_cfg(synthetic_voc, "data.eval_batch_size=3"))
+    reader = VOCSegmentation(synthetic_voc, "val")
+    batches = list(val)
+    assert [len(images) for images, _ in batches] == [3, 1]
+    images, masks = batches[0]
+    sizes = [reader[i][1].shape for i in range(3)]
+    assert images.shape == (3, 3, max(h for h, _ in sizes), max(w for _, w in sizes))
+    assert len(set(sizes)) > 1  # the test needs images of different sizes
+    for k, (h, w) in enumerate(sizes):
+        image, mask = reader[k]
+        assert torch.equal(images[k, :, :h, :w], image) and torch.equal(masks[k, :h, :w], mask)
+        assert int(images[k].sum()) == int(image.sum())  # padding is 0
+        assert int((masks[k] == 255).sum()) == int((mask == 255).sum()) + masks.shape[1] * masks.shape[2] - h * w
+
+
+def test_pad_collate_exact():
+    batch = [(torch.ones(3, 2, 3, dtype=torch.uint8), torch.full((2, 3), 4, dtype=torch.uint8)),
+             (torch.full((3, 3, 1), 9, dtype=torch.uint8), torch.zeros((3, 1), dtype=torch.uint8))]
+    images, masks = pad_collate(batch)
+    assert images[0, 0].tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 0]]
+    assert images[1, 2].tolist() == [[9, 0, 0], [9, 0, 0], [9, 0, 0]]
+    assert masks.tolist() == [[[4, 4, 4], [4, 4, 4], [255, 255, 255]], [[0, 255, 255], [0, 255, 255], [0, 255, 255]]]
+
+
+def test_class_names_and_mismatch(synthetic_voc):
+    cfg = _cfg(synthetic_voc)
+    assert class_names(cfg.data) == list(VOC_CLASSES)
+    assert class_names(_cfg(synthetic_voc, "data.classes=[a,b]").data) == ["a", "b"]
+    with pytest.raises(ConfigError, match="model.num_classes=21.*2 classes"):
+        build_dataloaders(_cfg(synthetic_voc, "data.classes=[a,b]"))
+
+
+def test_too_few_images_for_a_batch(synthetic_voc):
+    with pytest.raises(DataError, match="12 usable images, fewer than data.batch_size=13"):
+        build_dataloaders(_cfg(synthetic_voc, "data.batch_size=13"))
+
+
+def test_synthetic_format_generates_on_first_use(tmp_path):
+    root = tmp_path / "synth"
+    cfg = load_config(None, ["data.format=synthetic", f"data.root={root}", "data.synthetic_train=6",
+                             "data.synthetic_val=2", "data.synthetic_max_side=64", "data.crop_size=[32,32]",
+                             "data.batch_size=2", "data.num_workers=0"])
+    train, val = build_dataloaders(cfg)
+    assert (root / "VOCdevkit" / "VOC2012" / "synthetic.json").is_file()
+    assert len(train) == 3 and len(val) == 2
