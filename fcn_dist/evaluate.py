@@ -1,0 +1,366 @@
+"""Evaluation: exact metrics over every image of a split, across any number of processes.
+
+``evaluate(model, loader, accelerator, ...)`` is what training calls; ``main()`` is the
+``fcn-eval`` / ``python -m fcn_dist.evaluate`` CLI on a self-describing safetensors file::
+
+    fcn-eval --checkpoint runs/demo/model_best.safetensors --data-root data/synthetic --output m.json
+    accelerate launch -m fcn_dist.evaluate --checkpoint X.safetensors --data-root DIR --output m.json
+    torchrun --nproc_per_node 2 -m fcn_dist.evaluate --checkpoint X.safetensors --data-root DIR
+
+Each image counts exactly once. Every process sums the confusion matrices of its own images
+and the sums are all-reduced once at the end. A loader that Accelerate prepared with
+``even_batches=True`` (its default) repeats the first samples in the last batch of some
+processes; that one batch goes through ``gather_for_metrics``, which drops the repeats, and
+its per-image matrices are added once. This fixes the double count of torchvision's
+reference (pytorch/vision#4559). The CLI prepares its loader with ``even_batches=False``, so it
+has no repeats at all.
+
+Images are scored at full resolution, one forward per group of same-size images in a batch,
+so the batch size never changes a prediction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence, Union
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
+from PIL import Image, ImageDraw, ImageFont
+from tqdm.auto import tqdm
+
+from .checkpoint import CheckpointError, load_model
+from .config import ConfigError, DataConfig
+from .data.voc import VOC_CLASSES, DataError
+from .inference import InferenceOptions, add_inference_args, infer_logits, options_from_args
+from .metrics import compute_scores, confusion_matrix
+
+WANDB_EXAMPLES = 4
+"""(image, prediction, label) examples that ``fcn-eval --wandb`` logs as ``val/examples``."""
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """What one evaluation gives.
+
+    Attributes:
+        metrics: the DESIGN.md JSON without ``checkpoint`` and ``split``: mIoU,
+            pixel_accuracy, mean_accuracy, fwIoU, per_class_IoU {name: float or None},
+            num_images, confusion_matrix (list of lists).
+        confusion: int64 (C, C) confusion matrix summed over all processes, on the CPU.
+        examples: up to ``num_examples`` (image uint8 (3, H, W), pred uint8 (H, W),
+            label uint8 (H, W)) on the CPU, from the main process's images; empty elsewhere.
+    """
+
+    metrics: dict
+    confusion: torch.Tensor
+    examples: list
+
+
+def _class_names(num_classes: int, classes: Sequence[str] | None = None) -> list[str]:
+    """``classes``, or the VOC names for 21 classes, or ``class_<i>``."""
+    if classes is not None:
+        if len(classes) != num_classes:
+            raise ValueError(f"{len(classes)} class names for {num_classes} classes")
+        return list(classes)
+    return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
+
+
+def metrics_from_confusion(cm: torch.Tensor, classes: Sequence[str], num_images: int) -> dict:
+    """The DESIGN.md metrics dict (without checkpoint and split) of a confusion matrix.
+
+    Args:
+        cm: int64 (C, C), rows true, columns predicted.
+        classes: C class names (keys of ``per_class_IoU``).
+        num_images: images the matrix counts.
+    """
+    scores = compute_scores(cm)
+    return {
+        "mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"],
+        "mean_accuracy": scores["mean_accuracy"], "fwIoU": scores["fwIoU"],
+        "per_class_IoU": dict(zip(classes, scores["per_class_IoU"])),
+        "num_images": int(num_images), "confusion_matrix": cm.cpu().tolist(),
+    }
+
+
+def collate_list(batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """DataLoader collate for images of different sizes: ([image (3, H_i, W_i)], [mask (H_i, W_i)])."""
+    images, masks = zip(*batch)
+    return list(images), list(masks)
+
+
+def _predict_batch(model: torch.nn.Module, images, masks, mean: Sequence[float], std: Sequence[float],
+                   options: InferenceOptions, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
+    """(image, pred, label) per sample of a batch, in batch order, on ``device``.
+
+    Args:
+        images, masks: stacked uint8 (B, 3, H, W) and (B, H, W), or lists of differently
+            sized (3, H_i, W_i) and (H_i, W_i); same-size images share a forward pass.
+
+    Returns:
+        B triples: image uint8 (3, H, W), pred int64 (H, W), label uint8 (H, W).
+    """
+    if isinstance(images, torch.Tensor):
+        groups = [(list(range(len(images))), images, masks)]
+    else:
+        by_size: dict[tuple, list[int]] = {}
+        for i, image in enumerate(images):
+            by_size.setdefault(tuple(image.shape), []).append(i)
+        groups = [(idx, torch.stack([images[i] for i in idx]), torch.stack([masks[i] for i in idx]))
+                  for idx in by_size.values()]
+    triples: list = [None] * len(images)
+    for idx, group_images, group_masks in groups:
+        group_images, group_masks = group_images.to(device), group_masks.to(device)
+        preds = infer_logits(model, group_images, mean, std, **options.kwargs()).argmax(dim=1)
+        for i, image, pred, label in zip(idx, group_images, preds, group_masks):
+            triples[i] = (image, pred, label)
+    return triples
+
+
+def _repeats_in_batch(accelerator: Accelerator, loader) -> bool:
+    """True for the last batch of a loader that Accelerate padded with repeated samples."""
+    state = accelerator.gradient_state
+    if accelerator.num_processes == 1 or not state.end_of_dataloader or state.remainder <= 0:
+        return False
+    if isinstance(loader, DataLoaderDispatcher):
+        return True
+    return bool(getattr(getattr(loader, "batch_sampler", None), "even_batches", True))
+
+
+def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_classes: int,
+             mean: Sequence[float], std: Sequence[float], mode: Union[str, InferenceOptions] = "whole",
+             num_examples: int = 0, classes: Sequence[str] | None = None) -> EvalResult:
+    """Score a model on every image of a loader, each counted exactly once across processes.
+
+    The model is put in eval mode and restored to its previous mode afterwards; inference
+    runs under ``torch.inference_mode()`` and ``accelerator.autocast()``.
+
+    Args:
+        model: FCN (DDP-wrapped or not) on ``accelerator.device``; pass the prepared model
+            during training so every process uses the same BatchNorm buffers.
+        loader: batches of (images, masks): uint8 (B, 3, H, W) and (B, H, W) tensors, or
+            lists of differently sized ones (``collate_list``). With several processes it
+            must be prepared by ``accelerator.prepare``.
+        accelerator: the run's Accelerator.
+        num_classes: C.
+        mean, std: normalisation of the model's inputs.
+        mode: ``whole``, ``slide``, or InferenceOptions (tiles, flip, scales).
+        num_examples: (image, prediction, label) triples to keep from the main process.
+        classes: C class names for ``per_class_IoU``; None gives VOC names (or class_<i>).
+
+    Returns:
+        EvalResult, identical on every process (except ``examples``).
+
+    Raises:
+        ValueError: several processes and a loader not prepared by Accelerate.
+        RuntimeError: the number of images counted differs from the dataset length.
+    """
+    options = mode if isinstance(mode, InferenceOptions) else InferenceOptions(mode=mode)
+    names = _class_names(num_classes, classes)
+    if accelerator.num_processes > 1 and not isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)):
+        raise ValueError("evaluate() with several processes needs a loader prepared by accelerator.prepare; "
+                         "otherwise every process would score every image")
+    device = accelerator.device
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    num_images = torch.zeros((), dtype=torch.int64, device=device)
+    examples: list = []
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), accelerator.autocast():
+            for images, masks in tqdm(loader, desc="eval", unit="batch", disable=not accelerator.is_main_process):
+                triples = _predict_batch(model, images, masks, mean, std, options, device)
+                per_image = torch.stack([confusion_matrix(pred, label, num_classes) for _, pred, label in triples])
+                if accelerator.is_main_process:
+                    examples += [(image.cpu(), pred.to(torch.uint8).cpu(), label.cpu())
+                                 for image, pred, label in triples[:num_examples - len(examples)]]
+                if _repeats_in_batch(accelerator, loader):
+                    # every process receives the real images of all processes; one of them adds them
+                    per_image = accelerator.gather_for_metrics(per_image)
+                    if not accelerator.is_main_process:
+                        per_image = per_image[:0]
+                cm += per_image.sum(dim=0)
+                num_images += len(per_image)
+    finally:
+        model.train(was_training)
+    cm = accelerator.reduce(cm, reduction="sum").cpu()
+    total = int(accelerator.reduce(num_images, reduction="sum"))
+    dataset = getattr(loader, "dataset", None)
+    if hasattr(dataset, "__len__") and total != len(dataset):
+        raise RuntimeError(f"evaluation counted {total} images but the dataset has {len(dataset)}; "
+                           "use a loader without drop_last, prepared by accelerator.prepare")
+    return EvalResult(metrics=metrics_from_confusion(cm, names, total), confusion=cm, examples=examples)
+
+
+def format_table(metrics: dict) -> str:
+    """Per-class IoU table and the summary scores, as printed by ``fcn-eval``."""
+    per_class = metrics["per_class_IoU"]
+    width = max(len("pixel_accuracy"), *(len(n) for n in per_class))
+    lines = [f"{'class':<{width}}  IoU", f"{'-' * width}  ------"]
+    lines += [f"{name:<{width}}  {'-' if iou is None else f'{iou:.4f}'}" for name, iou in per_class.items()]
+    lines.append(f"{'-' * width}  ------")
+    for key in ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU"):
+        lines.append(f"{key:<{width}}  {metrics[key]:.4f}")
+    lines.append(f"{'num_images':<{width}}  {metrics['num_images']}")
+    return "\n".join(lines)
+
+
+def render_confusion(cm: torch.Tensor, classes: Sequence[str], cell: int = 28) -> Image.Image:
+    """Row-normalised confusion matrix as a heat map with class labels (white 0 to dark blue 1).
+
+    Args:
+        cm: int (C, C), rows true, columns predicted.
+        classes: C names.
+        cell: pixels per cell.
+
+    Returns:
+        RGB image; each cell shows the percentage of its row's pixels.
+    """
+    cm = cm.detach().cpu().to(torch.float64)
+    rows = cm / cm.sum(dim=1, keepdim=True).clamp_min(1)
+    font = ImageFont.load_default(size=max(8, cell // 2 - 2))
+    small = ImageFont.load_default(size=max(7, cell // 3))
+    label_w = int(max(font.getlength(n) for n in classes)) + 10
+    n = len(classes)
+    title_h = cell
+    img = Image.new("RGB", (label_w + n * cell + 10, title_h + label_w + n * cell + 10), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((label_w, 4), "true (rows) vs predicted (columns), % of row", fill="black", font=font)
+    top = title_h + label_w
+    for j, name in enumerate(classes):  # column labels, rotated to read bottom-up
+        text = Image.new("RGB", (label_w, cell), "white")
+        ImageDraw.Draw(text).text((label_w - 5, cell // 2), name, fill="black", font=font, anchor="rm")
+        img.paste(text.rotate(90, expand=True), (label_w + j * cell, title_h))
+    for i, name in enumerate(classes):
+        draw.text((label_w - 5, top + i * cell + cell // 2), name, fill="black", font=font, anchor="rm")
+        for j in range(n):
+            v = float(rows[i, j])
+            colour = tuple(int(255 - v * (255 - c)) for c in (8, 48, 107))
+            box = (label_w + j * cell, top + i * cell, label_w + (j + 1) * cell - 1, top + (i + 1) * cell - 1)
+            draw.rectangle(box, fill=colour, outline=(220, 220, 220))
+            if cm[i, j] > 0:
+                draw.text(((box[0] + box[2]) // 2, (box[1] + box[3]) // 2), f"{round(100 * v)}", font=small,
+                          fill="white" if v > 0.5 else "black", anchor="mm")
+    return img
+
+
+def write_eval_files(metrics: dict, path: Union[str, os.PathLike]) -> tuple[Path, Path]:
+    """Write the metrics JSON and, beside it, ``<stem>_confusion.png``; both atomically.
+
+    Args:
+        metrics: the DESIGN.md dict (``metrics_from_confusion`` plus checkpoint and split).
+        path: the JSON file.
+
+    Returns:
+        (JSON path, PNG path).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    png = path.with_name(f"{path.stem}_confusion.png")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
+    os.replace(tmp, path)
+    tmp_png = png.with_name(f".{png.name}.tmp")
+    render_confusion(torch.tensor(metrics["confusion_matrix"]), list(metrics["per_class_IoU"])).save(tmp_png, "PNG")
+    os.replace(tmp_png, png)
+    return path, png
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcn-eval", description="Evaluate an exported fcn_dist model (.safetensors) on every image of a split, "
+        "at full resolution; runs under accelerate launch / torchrun with any number of processes.",
+        epilog="exit codes: 0 success; 2 bad checkpoint (missing, truncated, pickle, not an fcn_dist export), "
+               "bad data root or split, or bad arguments.")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
+    parser.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, the VOC2012 folder, "
+                        "or an Arrow dataset (--data-format arrow)")
+    parser.add_argument("--data-format", choices=("voc", "arrow"), default="voc",
+                        help="dataset reader (default: %(default)s)")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per process per step; images of one "
+                        "size in a batch share a forward pass (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process "
+                        "(default: %(default)s)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
+                        help="autocast precision (default: %(default)s)")
+    parser.add_argument("--output", type=Path, help="metrics JSON to write; the confusion-matrix PNG goes beside it "
+                        "as <stem>_confusion.png")
+    parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (offline without an "
+                        "API key; WANDB_MODE overrides)")
+    parser.add_argument("--wandb-project", default="fcn_dist", help="W&B project (default: %(default)s)")
+    add_inference_args(parser)
+    return parser
+
+
+def _build_loader(args: argparse.Namespace, classes: list[str]):
+    from .data import build_dataset
+
+    data_cfg = DataConfig(root=args.data_root, format=args.data_format, classes=list(classes),
+                          eval_batch_size=args.batch_size, num_workers=args.num_workers)
+    dataset = build_dataset(data_cfg, args.split, train=False)
+    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
+                                       num_workers=args.num_workers, collate_fn=collate_list)
+
+
+def _log_wandb(accelerator: Accelerator, args: argparse.Namespace, result: EvalResult, classes: list[str]) -> None:
+    from .tracking import val_scalars, wandb_media, wandb_mode
+
+    out_dir = (args.output.parent if args.output else Path.cwd()).resolve()
+    accelerator.init_trackers(args.wandb_project, config={"checkpoint": str(args.checkpoint), "split": args.split,
+                                                          **options_from_args(args).kwargs()},
+                              init_kwargs={"wandb": {"job_type": "eval", "dir": str(out_dir), "mode": wandb_mode()}})
+    accelerator.log({**val_scalars(result.metrics, classes), "val/num_images": result.metrics["num_images"]})
+    if accelerator.is_main_process:
+        accelerator.get_tracker("wandb", unwrap=True).log(wandb_media(result.examples, result.confusion, classes))
+
+
+def _run(args: argparse.Namespace, accelerator: Accelerator) -> None:
+    model, info = load_model(args.checkpoint, device=accelerator.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loader = accelerator.prepare(_build_loader(args, info.classes))
+    result = evaluate(model, loader, accelerator, len(info.classes), info.mean, info.std,
+                      mode=options_from_args(args), num_examples=WANDB_EXAMPLES if args.wandb else 0,
+                      classes=info.classes)
+    if args.wandb:
+        _log_wandb(accelerator, args, result, info.classes)
+    if accelerator.is_main_process:
+        print(format_table(result.metrics))
+        if args.output:
+            metrics = {**result.metrics, "checkpoint": str(args.checkpoint), "split": args.split}
+            json_path, png_path = write_eval_files(metrics, args.output)
+            print(f"wrote {json_path} and {png_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fcn-eval``: evaluate a .safetensors checkpoint; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        options_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.batch_size < 1 or args.num_workers < 0:
+        parser.error("--batch-size must be >= 1 and --num-workers >= 0")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(even_batches=False),
+                              log_with="wandb" if args.wandb else None)
+    try:
+        _run(args, accelerator)
+    except (CheckpointError, DataError, ConfigError) as err:
+        print(f"fcn-eval: error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        accelerator.end_training()  # finishes W&B and destroys the process group (gloo aborts otherwise)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

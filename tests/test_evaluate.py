@@ -1,0 +1,223 @@
+"""evaluate(): exact counts on one and two processes; the fcn-eval CLI, its files and its errors."""
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+from eval_helpers import MODEL_CFG, REPO, make_checkpoint, make_voc, random_images, run_torchrun, tiny_model
+from PIL import Image
+
+from fcn_dist.checkpoint import export_model
+from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from fcn_dist.data.voc import VOC_CLASSES
+from fcn_dist.evaluate import collate_list, evaluate, main
+from fcn_dist.inference import predict_image
+from fcn_dist.metrics import confusion_matrix
+
+torch.set_num_threads(1)
+INFO = type("Info", (), {"mean": IMAGENET_MEAN, "std": IMAGENET_STD})()
+JSON_KEYS = {"mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "per_class_IoU", "num_images", "confusion_matrix",
+             "checkpoint", "split"}
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return random_images(5)
+
+
+@pytest.fixture(scope="module")
+def reference_cm(model, pairs):
+    """The confusion matrix summed image by image, without evaluate()."""
+    return sum(confusion_matrix(predict_image(model, INFO, image), mask, 21) for image, mask in pairs)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A checkpoint and a synthetic VOC set with 5 val images of different sizes."""
+    tmp = tmp_path_factory.mktemp("evaldata")
+    ckpt, _ = make_checkpoint(tmp / "model.safetensors")
+    root = make_voc(tmp / "voc", num_val=5)
+    sizes = {Image.open(p).size for p in (root / "VOCdevkit/VOC2012/JPEGImages").glob("val_*.jpg")}
+    assert len(sizes) > 1
+    return ckpt, root
+
+
+def _run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("batch_size, collate", [(1, None), (3, collate_list)])
+def test_evaluate_one_process_equals_per_image_sum(model, pairs, reference_cm, batch_size, collate):
+    accelerator = Accelerator(cpu=True)
+    kwargs = {"collate_fn": collate} if collate else {}
+    if collate is None:  # the default collate needs one size per batch
+        pairs = [(image[:, :40, :50], mask[:40, :50]) for image, mask in pairs]
+        expected = sum(confusion_matrix(predict_image(model, INFO, i), m, 21) for i, m in pairs)
+    else:
+        expected = reference_cm
+    loader = torch.utils.data.DataLoader(pairs, batch_size=batch_size, **kwargs)
+    model.train()
+    result = evaluate(model, loader, accelerator, 21, IMAGENET_MEAN, IMAGENET_STD, num_examples=2)
+    assert model.training  # the previous mode is restored
+    model.eval()
+    assert torch.equal(result.confusion, expected)
+    assert result.metrics["num_images"] == 5
+    assert result.metrics["confusion_matrix"] == expected.tolist()
+    assert list(result.metrics["per_class_IoU"]) == list(VOC_CLASSES)
+    assert set(result.metrics) == JSON_KEYS - {"checkpoint", "split"}
+    assert len(result.examples) == 2
+    image, pred, label = result.examples[0]
+    assert image.dtype == pred.dtype == label.dtype == torch.uint8
+    assert image.shape[1:] == pred.shape == label.shape == pairs[0][1].shape
+
+
+def test_evaluate_refuses_to_miss_images(model, pairs):
+    loader = torch.utils.data.DataLoader(pairs, batch_size=2, drop_last=True, collate_fn=collate_list)
+    with pytest.raises(RuntimeError, match="counted 4 images but the dataset has 5"):
+        evaluate(model, loader, Accelerator(cpu=True), 21, IMAGENET_MEAN, IMAGENET_STD)
+
+
+@pytest.mark.slow
+def test_evaluate_two_processes_counts_each_image_once(tmp_path, reference_cm):
+    """Accelerate's even_batches pads the last batch with repeats; they must not be counted."""
+    out = tmp_path / "dist.json"
+    proc = run_torchrun([REPO / "tests" / "dist_eval_worker.py", out], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert results.pop("plain_loader_refused") is True
+    assert set(results) == {"even=True,batch=1", "even=True,batch=2", "even=False,batch=1", "even=False,batch=2",
+                            "ddp,default_collate"}
+    for name, got in results.items():
+        assert got["cm"] == reference_cm.tolist(), name
+        assert got["num_images"] == 5, name
+
+
+@pytest.mark.slow
+def test_cli_torchrun_two_processes_equals_one_process(tmp_path, data, capsys):
+    ckpt, root = data
+    one = tmp_path / "one" / "m.json"
+    code, _, _ = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", one,
+                           "--num-workers", "0"], capsys)
+    assert code == 0
+    two = tmp_path / "two" / "m.json"
+    proc = run_torchrun(["-m", "fcn_dist.evaluate", "--checkpoint", ckpt, "--data-root", root, "--output", two,
+                         "--num-workers", "1", "--batch-size", "2"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("num_images") == 1  # only the main process prints
+    a, b = json.loads(one.read_text()), json.loads(two.read_text())
+    assert b["num_images"] == a["num_images"] == 5
+    assert b["confusion_matrix"] == a["confusion_matrix"]
+    assert b == a
+
+
+def test_cli_writes_design_json_png_and_table(tmp_path, data, capsys):
+    ckpt, root = data
+    out = tmp_path / "eval" / "val.json"
+    code, stdout, _ = _run_cli(["--checkpoint", ckpt, "--data-root", root / "VOCdevkit" / "VOC2012",
+                                "--output", out, "--num-workers", "0", "--mode", "slide",
+                                "--tile", "64", "64", "--stride", "32", "32"], capsys)
+    assert code == 0
+    metrics = json.loads(out.read_text())
+    assert set(metrics) == JSON_KEYS
+    assert metrics["checkpoint"] == str(ckpt) and metrics["split"] == "val" and metrics["num_images"] == 5
+    assert list(metrics["per_class_IoU"]) == list(VOC_CLASSES)
+    assert all(v is None or 0.0 <= v <= 1.0 for v in metrics["per_class_IoU"].values())
+    assert all(0.0 <= metrics[k] <= 1.0 for k in ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU"))
+    cm = metrics["confusion_matrix"]
+    assert len(cm) == 21 and all(len(row) == 21 and all(type(v) is int for v in row) for row in cm)
+    for name, iou in metrics["per_class_IoU"].items():  # null exactly for classes in neither labels nor preds
+        k = VOC_CLASSES.index(name)
+        absent = sum(cm[k]) == 0 and sum(row[k] for row in cm) == 0
+        assert (iou is None) == absent
+    png = Image.open(out.with_name("val_confusion.png"))
+    assert png.format == "PNG" and png.width > 21 * 20
+    assert "background" in stdout and "tv/monitor" in stdout and f"{metrics['mIoU']:.4f}" in stdout
+
+
+def test_cli_wandb_offline_run(tmp_path, data, capsys, monkeypatch):
+    ckpt, root = data
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    code, _, _ = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", tmp_path / "m.json",
+                           "--num-workers", "0", "--wandb"], capsys)
+    assert code == 0
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def _bad_checkpoints(tmp_path, ckpt):
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    plain = tmp_path / "plain.safetensors"
+    from safetensors.torch import save_file
+    save_file({"w": torch.zeros(2)}, str(plain))
+    pickle = tmp_path / "model.pth"
+    torch.save({"w": torch.zeros(2)}, pickle)
+    return {"missing": (tmp_path / "nope.safetensors", "not found"), "truncated": (truncated, "truncated"),
+            "no metadata": (plain, "no fcn_dist metadata"), "pickle": (pickle, "pickle")}
+
+
+def test_cli_bad_checkpoints_exit_2_with_one_line(tmp_path, data, capsys):
+    ckpt, root = data
+    for case, (path, reason) in _bad_checkpoints(tmp_path, ckpt).items():
+        code, _, err = _run_cli(["--checkpoint", path, "--data-root", root], capsys)
+        assert code == 2, case
+        lines = [line for line in err.splitlines() if line.startswith("fcn-eval: error:")]
+        assert len(lines) == 1 and str(path) in lines[0] and reason in lines[0], (case, err)
+
+
+def test_cli_bad_data_root_and_split_exit_2(tmp_path, data, capsys):
+    ckpt, root = data
+    code, _, err = _run_cli(["--checkpoint", ckpt, "--data-root", tmp_path / "missing"], capsys)
+    assert code == 2 and "fcn-eval: error:" in err and str(tmp_path / "missing") in err
+    code, _, err = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--split", "test"], capsys)
+    assert code == 2 and "test.txt" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["--checkpoint", str(ckpt), "--data-root", str(root), "--mode", "slide", "--tile", "32", "32",
+              "--stride", "64", "64"])
+    assert exc.value.code == 2
+
+
+def test_cli_help_documents_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    assert "exit codes: 0" in capsys.readouterr().out
+
+
+def test_export_model_checkpoint_is_what_cli_reads(tmp_path, capsys, data):
+    """A checkpoint with other class names: per_class_IoU keys come from its metadata."""
+    _, root = data
+    classes = [f"c{i}" for i in range(21)]
+    path = tmp_path / "named.safetensors"
+    model = tiny_model(1)
+    export_model(model, path, MODEL_CFG, classes, IMAGENET_MEAN, IMAGENET_STD)
+    code, stdout, _ = _run_cli(["--checkpoint", path, "--data-root", root, "--output", tmp_path / "m.json",
+                                "--num-workers", "0"], capsys)
+    assert code == 0
+    assert list(json.loads((tmp_path / "m.json").read_text())["per_class_IoU"]) == classes
+    assert "c20" in stdout
+
+
+def test_cli_arrow_dataset_gives_same_matrix_as_voc(tmp_path, data, capsys):
+    from fcn_dist.data.hub import prepare_arrow
+
+    ckpt, root = data
+    arrow = prepare_arrow(root, tmp_path / "arrow", splits=("val",))
+    outputs = {}
+    for fmt, data_root in (("voc", root), ("arrow", arrow)):
+        outputs[fmt] = tmp_path / fmt / "m.json"
+        code, _, err = _run_cli(["--checkpoint", ckpt, "--data-root", data_root, "--data-format", fmt,
+                                 "--output", outputs[fmt], "--num-workers", "0"], capsys)
+        assert code == 0, err
+    voc, arr = (json.loads(outputs[f].read_text()) for f in ("voc", "arrow"))
+    assert arr["confusion_matrix"] == voc["confusion_matrix"] and arr["num_images"] == 5
