@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 from typing import Any
@@ -148,3 +149,75 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
         raise CheckpointError(f"{path}: weights do not match {model_cfg.arch}/{model_cfg.backbone}: "
                               f"{str(err).splitlines()[0]}") from None
     return model.to(device).eval(), info
+
+
+# Resumable checkpoints: the only part of this module that knows about processes.
+
+CHECKPOINTS = "checkpoints"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Loop position and run identity, registered with Accelerate so save_state/load_state carry it."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_miou: float = -1.0
+    wandb_run_id: str = ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders of a run, oldest first (temporary ``.tmp-*`` folders are ignored)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def find_resume_checkpoint(run_dir: Path, resume: str) -> Path | None:
+    """The checkpoint ``train.resume`` asks for: newest complete one (auto), none (never), or a path."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "training_state").exists() and not any(path.glob("custom_checkpoint_*")):
+        raise CheckpointError(f"train.resume={resume}: not a complete checkpoint folder (expected "
+                              f"{run_dir}/{CHECKPOINTS}/step_XXXXXXXX)")
+    return path
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, keep_last: int) -> Path:
+    """Accelerate ``save_state`` into a temporary folder, renamed when complete; keeps the last K.
+
+    Every process must call this (each saves its own RNG state). An exception while saving
+    leaves the temporary folder behind and the previous checkpoint as the newest complete one.
+    """
+    folder = Path(run_dir) / CHECKPOINTS
+    final = folder / f"step_{step:08d}"
+    tmp = folder / f".tmp-step_{step:08d}"
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():  # the same step saved twice (e.g. step and epoch end coincide)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in complete_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old)
+        for stale in folder.glob(".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final

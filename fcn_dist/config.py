@@ -180,7 +180,7 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model (exported weights keep clean names)."""
     sync_bn: bool = False
-    """Convert BatchNorm to SyncBatchNorm across processes."""
+    """Convert BatchNorm to SyncBatchNorm across processes (CUDA only, as torch's SyncBatchNorm)."""
     output_dir: str = "runs"
     """Parent folder of run directories."""
     run_name: str = ""
@@ -201,6 +201,8 @@ class TrainConfig:
     """Seconds a process waits on the others before failing, so a dead rank never hangs the job."""
 
     def __post_init__(self) -> None:
+        if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as a boolean
+            object.__setattr__(self, "mixed_precision", "no")
         _check_choice("train", "mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
         _check_choice("train", "eval_mode", self.eval_mode, ("whole", "slide"))
         _check_positive("train", "epochs", self.epochs)

@@ -27,6 +27,8 @@ def test_defaults_then_yaml_then_overrides(tmp_path):
     assert cfg.data.crop_size == [256, 384]
     assert cfg.data.classes == ["a", "b"]
     assert cfg.train.mixed_precision == "bf16"
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config(_yaml(tmp_path, "train:\n  mixed_precision: no\n", "b.yaml")).train.mixed_precision == "no"
     assert cfg.run_dir() == Path("runs/my_recipe")
 
 

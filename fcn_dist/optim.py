@@ -1,0 +1,57 @@
+"""Optimizer, per-iteration LR schedule and the segmentation loss. Plain PyTorch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcn_dist.config import OptimConfig
+
+IGNORE_INDEX = 255
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (momentum, nesterov) or AdamW (beta1 = momentum) over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+
+
+def lr_factor(cfg: OptimConfig, step: int, total_steps: int) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer step ``step`` (0-based): linear warmup, then the schedule."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+    if cfg.schedule == "poly":
+        return (1.0 - progress) ** cfg.poly_power
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_steps: int):
+    """A LambdaLR stepped once per optimizer step, ``total_steps`` long."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total_steps))
+
+
+def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropy in fp32, void (255) ignored, averaged over all pixels of the batch.
+
+    Dividing by every pixel, void included (mmsegmentation's default ``avg_non_ignore=False``),
+    makes the loss of a batch the mean of its per-process losses whatever the split, so N
+    processes with batch B give the same gradient as one process with batch N*B.
+
+    Args:
+        logits: (B, C, H, W) in any float dtype.
+        masks: (B, H, W) integer class ids, 255 = void.
+
+    Returns:
+        Scalar fp32 loss.
+    """
+    total = F.cross_entropy(logits.float(), masks.long(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return total / masks.numel()

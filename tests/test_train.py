@@ -1,0 +1,193 @@
+"""Training: real launchers, sharding, 2-process = 1-process, exact resume, atomic saves, W&B, NaN."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fcn_dist.checkpoint import find_resume_checkpoint, load_model
+from fcn_dist.data.synthetic import make_synthetic_voc
+from fcn_dist.train import EXIT_NONFINITE, EXIT_PREEMPTED
+
+sys.path.insert(0, str(Path(__file__).parent))
+from wandb_records import history, run_ids  # noqa: E402
+
+HOOKS = str(Path(__file__).parent / "train_hooks.py")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_voc(out, num_train=16, num_val=5, seed=3, max_side=96)
+
+
+def _env(**extra):
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1",
+           "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
+    env.pop("WANDB_API_KEY", None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _overrides(voc_root, out, run_name, **over):
+    base = {"model.pretrained": "none", "data.format": "voc", "data.root": str(voc_root),
+            "data.crop_size": "[64,64]", "data.batch_size": 2, "data.num_workers": 0, "log.wandb": "false",
+            "log.every": 1, "train.checkpoint_every": 0, "train.eval_every": 0, "train.mixed_precision": "no",
+            "train.channels_last": "false", "optim.lr": 0.02, "optim.warmup_steps": 0, "train.output_dir": str(out),
+            "train.run_name": run_name, "train.epochs": 1}
+    base.update(over)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def _train(args, env=None, launcher=None, expect=0):
+    cmd = (launcher or [sys.executable]) + [HOOKS] + args
+    proc = subprocess.run(cmd, env=env or _env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _losses(run_dir: Path) -> list[tuple]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["train/loss"], r["train/lr"]) for r in rows if "train/loss" in r]
+
+
+def _params(path: Path) -> dict:
+    return {k: v for k, v in load_file(str(path)).items() if "running_" not in k and "num_batches" not in k}
+
+
+def test_torchrun_two_processes_shard_and_match_one_process(voc_root, tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    common = {"train.max_steps": 3, "train.checkpoint_every": 3}
+    two = _train(_overrides(voc_root, tmp_path, "two", **common), env=_env(FCN_TEST_DUMP_WEIGHTS=1),
+                 launcher=torchrun)
+    assert "rank=0 world_size=2" in two.stdout and "rank=1 world_size=2" in two.stdout
+    _train(_overrides(voc_root, tmp_path, "one", **common, **{"train.grad_accum": 2}),
+           env=_env(FCN_TEST_DUMP_WEIGHTS=1))
+
+    rank0, rank1 = (_params(tmp_path / "two" / f"rank{r}_step3.safetensors") for r in (0, 1))
+    single = _params(tmp_path / "one" / "rank0_step3.safetensors")
+    initial = build_initial_params()
+    assert any(not torch.equal(rank0[k], initial[k]) for k in rank0), "training did not change the weights"
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), f"ranks differ at {key}"
+        assert torch.allclose(rank0[key], single[key], rtol=1e-4, atol=1e-5), f"2 procs != 1 proc at {key}"
+    # The exported file is the same model, without DDP's "module." prefix.
+    model, info = load_model(tmp_path / "two" / "model_last.safetensors")
+    assert info.step == 3
+    assert torch.equal(model.state_dict()["score.weight"], rank0["score.weight"])
+
+
+def build_initial_params():
+    from fcn_dist import ModelConfig, build_model
+    torch.manual_seed(0)
+    return {k: v for k, v in build_model(ModelConfig(pretrained="none")).state_dict().items()}
+
+
+def test_two_process_shards_are_disjoint_cover_the_set_and_reshuffle(voc_root, tmp_path):
+    worker = Path(__file__).parent / "dist_shards_worker.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29532",
+           str(worker), str(voc_root), str(tmp_path)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    shards = [json.loads((tmp_path / f"shard{r}.json").read_text()) for r in (0, 1)]
+    for epoch in ("0", "1"):
+        a, b = (sorted(s[epoch]) for s in shards)
+        assert not set(a) & set(b)
+        assert sorted(a + b) == list(range(16))
+    assert shards[0]["0"] != shards[0]["1"], "the shuffle must change per epoch"
+
+
+def test_sigterm_mid_epoch_then_resume_is_exact(voc_root, tmp_path):
+    # 16 images, batch 2: 8 steps per epoch; stop at step 5 of epoch 0, finish at 12 (epoch 1).
+    over = {"train.max_steps": 12, "train.checkpoint_every": 4, "data.num_workers": 2}
+    _train(_overrides(voc_root, tmp_path, "straight", **over))
+    over_wandb = {**over, "log.wandb": "true"}
+    stopped = _train(_overrides(voc_root, tmp_path, "resumed", **over_wandb), env=_env(FCN_TEST_SIGTERM_AT_CALL=5),
+                     expect=EXIT_PREEMPTED)
+    assert "stopped by signal 15 at step 5" in stopped.stdout + stopped.stderr
+    run_dir = tmp_path / "resumed"
+    assert find_resume_checkpoint(run_dir, "auto").name == "step_00000005"
+    resumed = _train(_overrides(voc_root, tmp_path, "resumed", **over_wandb))
+    assert "resumed from" in resumed.stdout and "at step 5 (epoch 0, batch 5)" in resumed.stdout
+
+    straight = load_file(str(tmp_path / "straight" / "model_last.safetensors"))
+    after_resume = load_file(str(run_dir / "model_last.safetensors"))
+    for key in straight:
+        assert torch.equal(straight[key], after_resume[key]), key
+    assert _losses(run_dir) == _losses(tmp_path / "straight")
+    assert [s for s, _, _ in _losses(run_dir)] == list(range(1, 13))
+
+    # W&B offline: both halves wrote the same run id; the decoded records hold the design's keys.
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 2
+    assert run_ids(files[0]) == run_ids(files[1]) and len(run_ids(files[0])) == 1
+    rows = [row for f in files for row in history(f)]
+    keys = set().union(*rows)
+    assert {"train/loss", "train/lr", "train/grad_norm", "train/images_per_sec", "val/mIoU",
+            "val/pixel_accuracy"} <= keys
+    assert any(k.startswith("val/IoU/") for k in keys)
+    assert any(row.get("val/examples", {}).get("_type") == "images/separated"
+               or row.get("val/examples/_type") == "images/separated" for row in rows)
+    logged = sorted(row["_step"] for row in rows if "train/loss" in row)
+    assert logged == list(range(1, 13))
+
+
+def test_failed_save_keeps_previous_checkpoint_and_resume_uses_it(voc_root, tmp_path):
+    over = {"train.max_steps": 4, "train.checkpoint_every": 2}
+    crashed = _train(_overrides(voc_root, tmp_path, "run", **over), env=_env(FCN_TEST_FAIL_SAVE_AT_STEP=4),
+                     expect=1)
+    assert "injected failure" in crashed.stderr
+    run_dir = tmp_path / "run"
+    folders = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert folders == [".tmp-step_00000004", "step_00000002"]
+    assert find_resume_checkpoint(run_dir, "auto").name == "step_00000002"
+    resumed = _train(_overrides(voc_root, tmp_path, "run", **over))
+    assert "step_00000002 at step 2" in resumed.stdout
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(voc_root, tmp_path):
+    over = {"train.max_steps": 8, "train.checkpoint_every": 2}
+    proc = _train(_overrides(voc_root, tmp_path, "nan", **over), env=_env(FCN_TEST_NAN_AT_CALL=5),
+                  expect=EXIT_NONFINITE)
+    assert "fcn-train: error: non-finite loss at step 5" in proc.stderr
+    run_dir = tmp_path / "nan"
+    assert find_resume_checkpoint(run_dir, "auto").name == "step_00000004"
+    model, info = load_model(run_dir / "model_last.safetensors")
+    assert info.step == 4
+    assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())
+    weights = load_file(str(run_dir / "checkpoints" / "step_00000004" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values() if t.is_floating_point())
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fcn_dist.train", "--config", str(tmp_path / "nope.yaml")],
+                          capture_output=True, text=True, env=_env())
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"fcn-train: error: config file not found: {tmp_path / 'nope.yaml'}"]
+    proc = subprocess.run([sys.executable, "-m", "fcn_dist.train", "optim.lrr=1"], capture_output=True, text=True,
+                          env=_env())
+    assert proc.returncode == 2 and "unknown config key 'optim.lrr'" in proc.stderr
+
+
+def test_demo_config_learns(tmp_path):
+    """configs/demo.yaml, shortened to 60 steps, reaches val mIoU >= 0.5 on its synthetic set."""
+    demo = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    args = ["--config", str(demo), f"data.root={tmp_path / 'data'}", f"train.output_dir={tmp_path}",
+            "train.max_steps=60", "train.eval_every=60", "train.checkpoint_every=0", "log.wandb=false",
+            "data.synthetic_val=12"]
+    proc = subprocess.run([sys.executable, "-m", "fcn_dist.train", *args], env=_env(OMP_NUM_THREADS=2),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in rows if "val/mIoU" in r][-1]
+    assert final["step"] == 60
+    assert final["val/mIoU"] >= 0.5, final
+    _, info = load_model(tmp_path / "demo" / "model_best.safetensors")
+    assert info.metrics["mIoU"] == max(r["val/mIoU"] for r in rows if "val/mIoU" in r)

@@ -1,0 +1,62 @@
+"""Run ``fcn_dist.train.main`` with fault-injection hooks chosen by environment variables.
+
+Test-only. Used as ``python tests/train_hooks.py --config ... overrides`` (or under torchrun):
+- ``FCN_TEST_SIGTERM_AT_CALL=k``: the process sends itself SIGTERM during the k-th forward pass.
+- ``FCN_TEST_NAN_AT_CALL=k``: the k-th loss (1-based) is NaN.
+- ``FCN_TEST_FAIL_SAVE_AT_STEP=s``: the checkpoint of step s fails halfway (after Accelerate has
+  written part of it).
+- ``FCN_TEST_DUMP_WEIGHTS=1``: after each checkpoint, every rank writes its own unwrapped weights
+  to ``<run_dir>/rank<r>_step<s>.safetensors``.
+"""
+
+import os
+import signal
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+import fcn_dist.train as train
+
+calls = {"loss": 0}
+_loss = train.segmentation_loss
+_save = train.save_checkpoint
+
+
+def segmentation_loss(logits, masks):
+    calls["loss"] += 1
+    if calls["loss"] == int(os.environ.get("FCN_TEST_SIGTERM_AT_CALL", 0)):
+        os.kill(os.getpid(), signal.SIGTERM)
+    loss = _loss(logits, masks)
+    if calls["loss"] == int(os.environ.get("FCN_TEST_NAN_AT_CALL", 0)):
+        loss = loss * torch.tensor(float("nan"))
+    return loss
+
+
+def save_checkpoint(accelerator, run_dir, step, keep_last):
+    if step == int(os.environ.get("FCN_TEST_FAIL_SAVE_AT_STEP", -1)):
+        original = accelerator.save_state
+
+        def half_then_fail(output_dir, **kwargs):
+            os.makedirs(output_dir, exist_ok=True)
+            accelerator.save_model(accelerator._models[0], output_dir)  # part of the state lands on disk
+            raise OSError("injected failure: disk full while saving")
+
+        accelerator.save_state = half_then_fail
+        try:
+            return _save(accelerator, run_dir, step, keep_last)
+        finally:
+            accelerator.save_state = original
+    out = _save(accelerator, run_dir, step, keep_last)
+    if os.environ.get("FCN_TEST_DUMP_WEIGHTS"):
+        model = accelerator.unwrap_model(accelerator._models[0])
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, os.path.join(run_dir, f"rank{accelerator.process_index}_step{step}.safetensors"))
+    return out
+
+
+train.segmentation_loss = segmentation_loss
+train.save_checkpoint = save_checkpoint
+
+if __name__ == "__main__":
+    sys.exit(train.main(sys.argv[1:]))
