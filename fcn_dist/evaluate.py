@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_model
 from .config import ConfigError, DataConfig
+from .data import list_collate
 from .data.voc import VOC_CLASSES, DataError
 from .inference import InferenceOptions, add_inference_args, infer_logits, options_from_args
 from .metrics import compute_scores, confusion_matrix
@@ -89,12 +90,6 @@ def metrics_from_confusion(cm: torch.Tensor, classes: Sequence[str], num_images:
     }
 
 
-def collate_list(batch: list) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """DataLoader collate for images of different sizes: ([image (3, H_i, W_i)], [mask (H_i, W_i)])."""
-    images, masks = zip(*batch)
-    return list(images), list(masks)
-
-
 def _predict_batch(model: torch.nn.Module, images, masks, mean: Sequence[float], std: Sequence[float],
                    options: InferenceOptions, device: torch.device) -> list[tuple[torch.Tensor, ...]]:
     """(image, pred, label) per sample of a batch, in batch order, on ``device``.
@@ -145,7 +140,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_class
         model: FCN (DDP-wrapped or not) on ``accelerator.device``; pass the prepared model
             during training so every process uses the same BatchNorm buffers.
         loader: batches of (images, masks): uint8 (B, 3, H, W) and (B, H, W) tensors, or
-            lists of differently sized ones (``collate_list``). With several processes it
+            lists of differently sized ones (``list_collate``). With several processes it
             must be prepared by ``accelerator.prepare``.
         accelerator: the run's Accelerator.
         num_classes: C.
@@ -306,7 +301,7 @@ def _build_loader(args: argparse.Namespace, classes: list[str]):
                           eval_batch_size=args.batch_size, num_workers=args.num_workers)
     dataset = build_dataset(data_cfg, args.split, train=False)
     return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                       num_workers=args.num_workers, collate_fn=collate_list)
+                                       num_workers=args.num_workers, collate_fn=list_collate)
 
 
 def _log_wandb(accelerator: Accelerator, args: argparse.Namespace, result: EvalResult, classes: list[str]) -> None:

@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_helpers import random_images, tiny_model  # noqa: E402
 
 from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from fcn_dist.evaluate import collate_list, evaluate  # noqa: E402
+from fcn_dist.data import list_collate  # noqa: E402
+from fcn_dist.evaluate import evaluate  # noqa: E402
 
 
 def main(out: str) -> None:
@@ -30,7 +31,7 @@ def main(out: str) -> None:
         for batch_size in (1, 2):
             accelerator.even_batches = even
             loader = accelerator.prepare(torch.utils.data.DataLoader(dataset, batch_size=batch_size,
-                                                                     collate_fn=collate_list))
+                                                                     collate_fn=list_collate))
             result = evaluate(model, loader, accelerator, 21, IMAGENET_MEAN, IMAGENET_STD, num_examples=1)
             results[f"even={even},batch={batch_size}"] = {"cm": result.confusion.tolist(),
                                                           "num_images": result.metrics["num_images"],

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fcn_dist.config import ConfigError, load_config
-from fcn_dist.data import build_dataloaders, class_names, pad_collate
+from fcn_dist.data import build_dataloaders, class_names, list_collate
 from fcn_dist.data.voc import VOC_CLASSES, DataError, VOCSegmentation
 
 
@@ -27,7 +27,7 @@ def test_train_loader_options(synthetic_voc):
     assert train.num_workers == 2 and train.persistent_workers and train.prefetch_factor == 3
     assert train.pin_memory == torch.cuda.is_available()
     assert val.batch_size == 1 and isinstance(val.sampler, torch.utils.data.SequentialSampler)
-    assert val.collate_fn is pad_collate and val.persistent_workers
+    assert val.collate_fn is list_collate and val.persistent_workers
     images, masks = next(iter(train))
     assert images.shape == (5, 3, 32, 48) and masks.shape == (5, 32, 48)
     assert images.dtype == masks.dtype == torch.uint8
@@ -43,29 +43,16 @@ def test_shuffle_is_seeded(synthetic_voc):
     assert not all(torch.equal(a, b) for a, b in zip(first, other))
 
 
-def test_val_loader_pads_with_void(synthetic_voc):
+def test_val_loader_keeps_whole_images_unpadded(synthetic_voc):
     _, val = build_dataloaders(_cfg(synthetic_voc, "data.eval_batch_size=3"))
     reader = VOCSegmentation(synthetic_voc, "val")
     batches = list(val)
     assert [len(images) for images, _ in batches] == [3, 1]
-    images, masks = batches[0]
-    sizes = [reader[i][1].shape for i in range(3)]
-    assert images.shape == (3, 3, max(h for h, _ in sizes), max(w for _, w in sizes))
-    assert len(set(sizes)) > 1  # the test needs images of different sizes
-    for k, (h, w) in enumerate(sizes):
-        image, mask = reader[k]
-        assert torch.equal(images[k, :, :h, :w], image) and torch.equal(masks[k, :h, :w], mask)
-        assert int(images[k].sum()) == int(image.sum())  # padding is 0
-        assert int((masks[k] == 255).sum()) == int((mask == 255).sum()) + masks.shape[1] * masks.shape[2] - h * w
-
-
-def test_pad_collate_exact():
-    batch = [(torch.ones(3, 2, 3, dtype=torch.uint8), torch.full((2, 3), 4, dtype=torch.uint8)),
-             (torch.full((3, 3, 1), 9, dtype=torch.uint8), torch.zeros((3, 1), dtype=torch.uint8))]
-    images, masks = pad_collate(batch)
-    assert images[0, 0].tolist() == [[1, 1, 1], [1, 1, 1], [0, 0, 0]]
-    assert images[1, 2].tolist() == [[9, 0, 0], [9, 0, 0], [9, 0, 0]]
-    assert masks.tolist() == [[[4, 4, 4], [4, 4, 4], [255, 255, 255]], [[0, 255, 255], [0, 255, 255], [0, 255, 255]]]
+    got = [pair for images, masks in batches for pair in zip(images, masks)]
+    assert len(got) == len(reader) and len({image.shape for image, _ in got}) > 1  # sizes differ
+    for k, (image, mask) in enumerate(got):
+        expected_image, expected_mask = reader[k]
+        assert torch.equal(image, expected_image) and torch.equal(mask, expected_mask)
 
 
 def test_class_names_and_mismatch(synthetic_voc):

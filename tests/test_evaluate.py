@@ -11,7 +11,8 @@ from PIL import Image
 from fcn_dist.checkpoint import export_model
 from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fcn_dist.data.voc import VOC_CLASSES
-from fcn_dist.evaluate import collate_list, evaluate, main
+from fcn_dist.data import list_collate
+from fcn_dist.evaluate import evaluate, main
 from fcn_dist.inference import predict_image
 from fcn_dist.metrics import confusion_matrix
 
@@ -54,7 +55,7 @@ def _run_cli(args, capsys):
     return code, out.out, out.err
 
 
-@pytest.mark.parametrize("batch_size, collate", [(1, None), (3, collate_list)])
+@pytest.mark.parametrize("batch_size, collate", [(1, None), (3, list_collate)])
 def test_evaluate_one_process_equals_per_image_sum(model, pairs, reference_cm, batch_size, collate):
     accelerator = Accelerator(cpu=True)
     kwargs = {"collate_fn": collate} if collate else {}
@@ -80,7 +81,7 @@ def test_evaluate_one_process_equals_per_image_sum(model, pairs, reference_cm, b
 
 
 def test_evaluate_refuses_to_miss_images(model, pairs):
-    loader = torch.utils.data.DataLoader(pairs, batch_size=2, drop_last=True, collate_fn=collate_list)
+    loader = torch.utils.data.DataLoader(pairs, batch_size=2, drop_last=True, collate_fn=list_collate)
     with pytest.raises(RuntimeError, match="counted 4 images but the dataset has 5"):
         evaluate(model, loader, Accelerator(cpu=True), 21, IMAGENET_MEAN, IMAGENET_STD)
 

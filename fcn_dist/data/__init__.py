@@ -6,11 +6,10 @@ sizes from image headers. ``build_dataloaders`` makes the train and val DataLoad
 always ``(image uint8 (3, H, W), mask uint8 (H, W))`` with 255 = void kept; normalisation is
 done on the device by the training and evaluation code (``transforms.normalize``).
 
-Plain PyTorch: nothing here knows about processes. Under Accelerate, call
-``train_loader.dataset.set_epoch(epoch)`` (or the prepared loader's ``set_epoch``) before each
-epoch: Accelerate's ``DataLoaderShard`` only forwards ``set_epoch`` to the dataset when its
-batch sampler is not a ``BatchSamplerShard`` (that is, with one process), so multi-process runs
-must call it themselves for epoch-dependent augmentation.
+Plain PyTorch: nothing here knows about processes. Call ``train_loader.dataset.set_epoch(epoch)``
+before iterating each epoch, also under Accelerate: its prepared loader forwards ``set_epoch`` to
+the dataset only when the sampler has no ``set_epoch`` of its own, and with several processes and
+``use_seedable_sampler=True`` it has one, so the dataset would keep epoch 0's augmentation.
 """
 
 from __future__ import annotations
@@ -83,24 +82,21 @@ def build_dataset(data_cfg, split: str, train: bool, seed: int = 0):
     return AugmentedDataset(base, build_transforms(data_cfg, train=True), seed, indices)
 
 
-def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack samples of different sizes, padding bottom and right (image 0, mask 255).
+def list_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Collate whole images of different sizes as lists, without padding.
+
+    Padding would change the predictions near the padded border (the trunk sees the padding),
+    so evaluation batches keep every image at its own size; ``fcn_dist.evaluate`` runs the
+    images of one size together.
 
     Args:
         batch: ``(image uint8 (3, H_i, W_i), mask uint8 (H_i, W_i))`` pairs.
 
     Returns:
-        images uint8 (B, 3, H, W) and masks uint8 (B, H, W), H and W the largest in the batch;
-        padded mask pixels are 255, so metrics ignore them.
+        ([image (3, H_i, W_i)], [mask (H_i, W_i)]).
     """
-    height = max(image.shape[1] for image, _ in batch)
-    width = max(image.shape[2] for image, _ in batch)
-    images = torch.zeros((len(batch), 3, height, width), dtype=torch.uint8)
-    masks = torch.full((len(batch), height, width), IGNORE_INDEX, dtype=torch.uint8)
-    for k, (image, mask) in enumerate(batch):
-        images[k, :, : image.shape[1], : image.shape[2]] = image
-        masks[k, : mask.shape[0], : mask.shape[1]] = mask
-    return images, masks
+    images, masks = zip(*batch)
+    return list(images), list(masks)
 
 
 def _loader_kwargs(data_cfg) -> dict:
@@ -118,7 +114,7 @@ def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.dat
 
     Train: ``data.batch_size`` crops, ``drop_last``, shuffled by a ``torch.Generator`` seeded with
     ``train.seed``. Val: ``data.eval_batch_size`` whole images in file order, padded to a common
-    size by ``pad_collate``.
+    size, as lists (``list_collate``): never padded.
 
     Args:
         cfg: the run ``Config``.
@@ -147,9 +143,9 @@ def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.dat
         train_set, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, generator=generator,
         **_loader_kwargs(cfg.data))
     val_loader = torch.utils.data.DataLoader(
-        val_set, batch_size=cfg.data.eval_batch_size, shuffle=False, collate_fn=pad_collate,
+        val_set, batch_size=cfg.data.eval_batch_size, shuffle=False, collate_fn=list_collate,
         **_loader_kwargs(cfg.data))
     return train_loader, val_loader
 
 
-__all__ = ["build_dataset", "build_dataloaders", "build_reader", "class_names", "pad_collate", "DataError"]
+__all__ = ["build_dataset", "build_dataloaders", "build_reader", "class_names", "list_collate", "DataError"]

@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_arrow(root: Path, splits: Optional[list[str]], num_classes: int) -> list[str]:
+def _check_arrow(root: Path, splits: Optional[list[str]], num_classes: int, progress: bool) -> list[str]:
     import json
 
     from .hub import load_arrow
@@ -91,7 +91,7 @@ def _check_arrow(root: Path, splits: Optional[list[str]], num_classes: int) -> l
     problems = []
     for split in splits:
         try:
-            problems += load_arrow(root, split, num_classes).check()
+            problems += load_arrow(root, split, num_classes).check(progress)
         except DataError as err:
             problems.append(str(err))
     return problems
@@ -102,7 +102,7 @@ def _check(args: argparse.Namespace) -> int:
 
     root = Path(args.data_root).expanduser()
     if (root / "dataset_dict.json").is_file():
-        problems = _check_arrow(root, args.split, args.num_classes)
+        problems = _check_arrow(root, args.split, args.num_classes, sys.stderr.isatty())
     else:
         problems = check_voc(root, args.split, args.num_classes, progress=sys.stderr.isatty())
     for problem in problems:

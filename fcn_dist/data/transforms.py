@@ -124,8 +124,8 @@ class AugmentedDataset(torch.utils.data.Dataset):
     """A dataset whose random transform is seeded per sample from (seed, epoch, index).
 
     The epoch lives in a shared-memory tensor, so ``set_epoch`` reaches persistent DataLoader
-    workers. Call it before iterating the loader for that epoch (Accelerate's prepared loader
-    calls it in ``__iter__`` for single-process runs; see ``fcn_dist.data.build_dataloaders``).
+    workers. Call it before iterating the loader for that epoch (see ``fcn_dist.data`` on when
+    Accelerate's prepared loader does and does not call it).
 
     Args:
         base: dataset of ``(image uint8 (3, H, W), mask uint8 (H, W))`` without a transform.

@@ -140,7 +140,8 @@ def read_split(voc_root: Path, split: str) -> list[str]:
     """
     path = split_file(voc_root, split)
     if not path.is_file():
-        raise DataError(f"split file {path} not found; available splits: {', '.join(available_splits(voc_root)) or 'none'}")
+        known = ", ".join(available_splits(voc_root)) or "none"
+        raise DataError(f"split file {path} not found; available splits: {known}")
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise DataError(f"split file {path} is empty: list one image id per line")
@@ -216,7 +217,8 @@ def decode_mask(src: Source, name: str, num_classes: int = len(VOC_CLASSES)) -> 
     elif img.mode == "RGB":
         mask = _rgb_to_index(np.asarray(img), name)
     else:
-        raise DataError(f"{name}: mask has PIL mode {img.mode}; use a palette (P) or grayscale (L) PNG of class indices")
+        raise DataError(f"{name}: mask has PIL mode {img.mode}; use a palette (P) or grayscale (L) PNG "
+                        f"of class indices")
     return check_mask_values(mask, name, num_classes)
 
 
@@ -333,12 +335,6 @@ class VOCSegmentation(torch.utils.data.Dataset):
     def sizes(self) -> list[tuple[int, int]]:
         """(H, W) of every image, from the JPEG headers."""
         return [image_size(p, str(p)) for p in self.images]
-
-    def check(self) -> list[str]:
-        """Validate every sample; returns one line per problem (empty when all are good)."""
-        return [problem for i in range(len(self)) for problem in
-                check_sample(self.images[i], self.masks[i], (str(self.images[i]), str(self.masks[i])),
-                             self.num_classes)]
 
 
 def check_sample(image_src: Source, mask_src: Source, names: tuple[str, str], num_classes: int) -> list[str]:
