@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))])
     print(f"fcn_dist process rank={accelerator.process_index} world_size={accelerator.num_processes} "
           f"local_rank={accelerator.local_process_index} host={socket.gethostname()}", flush=True)
+    stop = _StopFlag()
     try:
-        return _train(cfg, accelerator)
+        return _train(cfg, accelerator, stop)
     except (ConfigError, DataError, CheckpointError, PretrainedWeightsError) as err:
         print(f"fcn-train: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -103,12 +104,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fcn-train: error: {err}", file=sys.stderr)
         return EXIT_NONFINITE
     finally:
-        accelerator.end_training()  # finishes W&B and destroys the process group (gloo aborts otherwise)
+        _end(accelerator, stop)
 
 
-def _train(cfg, accelerator: Accelerator) -> int:
+def _end(accelerator: Accelerator, stop: _StopFlag) -> None:
+    """Finish W&B and destroy the process group (gloo aborts at exit otherwise)."""
+    try:
+        accelerator.end_training()
+    except ConnectionError as err:
+        if stop.signum != signal.SIGTERM:
+            raise
+        # A job-wide SIGTERM (scancel, time limit) also stops wandb's service process.
+        print(f"fcn-train: warning: W&B run not finished ({err}); metrics.jsonl holds every logged row and "
+              "a resumed run continues the same W&B run", file=sys.stderr)
+        accelerator.state.destroy_process_group()
+
+
+def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
     run_dir = cfg.run_dir()
-    stop = _StopFlag()
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:
         save_config(cfg, run_dir / "config.yaml")
@@ -162,14 +175,15 @@ def _train(cfg, accelerator: Accelerator) -> int:
         row = {"step": state.step, "epoch": state.epoch, **row}
         if metrics_log is not None:
             metrics_log.write({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
-        accelerator.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=state.step)
+        if stop.signum != signal.SIGTERM:  # a job-wide SIGTERM also stopped wandb's service process
+            accelerator.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=state.step)
 
     def run_eval() -> None:
         result = evaluate(model, val_loader, accelerator, cfg.model.num_classes, mean, std,
                           mode=cfg.train.eval_mode, num_examples=cfg.log.num_images if cfg.log.wandb else 0,
                           classes=classes)
         row = val_scalars(result.metrics, classes)
-        if cfg.log.wandb and accelerator.is_main_process:
+        if cfg.log.wandb and accelerator.is_main_process and stop.signum != signal.SIGTERM:
             row.update(wandb_media(result.examples, result.confusion, classes))
         log(row)
         if accelerator.is_main_process:

@@ -1,7 +1,9 @@
 """Run ``fcn_dist.train.main`` with fault-injection hooks chosen by environment variables.
 
 Test-only. Used as ``python tests/train_hooks.py --config ... overrides`` (or under torchrun):
-- ``FCN_TEST_SIGTERM_AT_CALL=k``: the process sends itself SIGTERM during the k-th forward pass.
+- ``FCN_TEST_SIGTERM_AT_CALL=k``: SIGTERM to the whole process group during the k-th forward
+  pass, as Slurm signals every process of a job (wandb's service and loader workers included);
+  run it with ``start_new_session=True``.
 - ``FCN_TEST_NAN_AT_CALL=k``: the k-th loss (1-based) is NaN.
 - ``FCN_TEST_FAIL_SAVE_AT_STEP=s``: the checkpoint of step s fails halfway (after Accelerate has
   written part of it).
@@ -26,7 +28,7 @@ _save = train.save_checkpoint
 def segmentation_loss(logits, masks):
     calls["loss"] += 1
     if calls["loss"] == int(os.environ.get("FCN_TEST_SIGTERM_AT_CALL", 0)):
-        os.kill(os.getpid(), signal.SIGTERM)
+        os.killpg(os.getpgid(0), signal.SIGTERM)
     loss = _loss(logits, masks)
     if calls["loss"] == int(os.environ.get("FCN_TEST_NAN_AT_CALL", 0)):
         loss = loss * torch.tensor(float("nan"))

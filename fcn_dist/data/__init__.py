@@ -14,6 +14,7 @@ the dataset only when the sampler has no ``set_epoch`` of its own, and with seve
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import torch
@@ -99,10 +100,22 @@ def list_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[t
     return list(images), list(masks)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGUSR1/SIGTERM.
+
+    Slurm delivers a preemption or cancel signal to every process of the job; a worker killed
+    by it would crash the loader before the training process could save its checkpoint. The
+    main process handles the signal and shuts the workers down itself.
+    """
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _loader_kwargs(data_cfg) -> dict:
     workers = data_cfg.num_workers
     return {
         "num_workers": workers,
+        "worker_init_fn": ignore_stop_signals if workers > 0 else None,
         "pin_memory": data_cfg.pin_memory and torch.cuda.is_available(),
         "persistent_workers": workers > 0,
         "prefetch_factor": data_cfg.prefetch_factor if workers > 0 else None,
