@@ -1,0 +1,816 @@
+"""fcn_dist against d2l's FCN pipeline: data loading, training steps and evaluation, in one run.
+
+    python -m benchmarks.run                       # everything (tens of minutes on 2 CPU cores)
+    python -m benchmarks.run --quick               # tiny sizes: a smoke test, under 2 minutes
+    python -m benchmarks.run --only train          # or data, eval
+    python -m benchmarks.run --out DIR --data-dir DIR --threads 2 --workers 2
+
+Writes ``<out>/<machine>-<date>.json`` and ``.md`` (``-quick`` added for --quick), where machine
+is the GPU or CPU model and the core count, e.g. ``amd-epyc-2cpu``. Every case runs in a child
+process of this one (``--child``), on the same synthetic VOC-layout data generated at the start,
+so memory figures are per loader and one case cannot slow another down through leftovers.
+
+Sections (see ``benchmarks/README.md`` for how to read them):
+
+- ``data``: start-up time, steady-state images/s and memory of fcn_dist's train loader
+  (VOCdevkit and Arrow, 0 and N workers) and d2l's ``VOCSegDataset`` loader, at two dataset
+  sizes. Memory is RssAnon from ``/proc/<pid>/status`` summed over the main process and its
+  loader workers, plus PSS and USS from ``/proc/<pid>/smaps_rollup`` (forked workers share
+  d2l's preloaded arrays copy-on-write, which RssAnon counts once per process).
+- ``train``: images/s of a training step at ``crop`` and ``batch``, model only (tensors already on
+  the device) and end to end (the loader feeding the step): fcn_dist at fp32/bf16, channels_last
+  on/off, ``torch.compile`` on/off, against d2l's ``train_ch13`` step in fp32. The variants are
+  interleaved round by round and medians reported, because other work may share the machine.
+- ``eval``: images/s and megapixels/s of fcn_dist's ``evaluate`` (whole images) against d2l's
+  ``predict`` loop (top-left 320x480 crops, one image at a time), fp32 and bf16.
+
+Benchmarks report; they never pass or fail on a figure. The exit code is 1 when a case
+crashed (its error is in the JSON and the table), 0 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import functools
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "benchmarks" / "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each section does."""
+
+    data_sizes: tuple[int, ...]
+    """Train-set sizes of the data section (memory should stay flat across them for fcn_dist)."""
+    bench_val: int
+    """Validation images of the smallest set, which the train and eval sections use."""
+    max_side: int
+    """Longest side of the synthetic images (VOC's is 500)."""
+    crop: tuple[int, int]
+    batch: int
+    data_batches: int
+    """Batches timed after the first one, per data case."""
+    warmup: int
+    steps: int
+    rounds: int
+    e2e_steps: int
+    eval_rounds: int
+    child_timeout_s: int
+
+
+FULL = Sizes(data_sizes=(200, 2000), bench_val=40, max_side=500, crop=(320, 480), batch=8, data_batches=40,
+             warmup=2, steps=3, rounds=4, e2e_steps=16, eval_rounds=2, child_timeout_s=3600)
+QUICK = Sizes(data_sizes=(8, 16), bench_val=3, max_side=128, crop=(64, 96), batch=2, data_batches=2,
+              warmup=1, steps=1, rounds=1, e2e_steps=2, eval_rounds=1, child_timeout_s=300)
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory and machine
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("RssAnon", "VmHWM", "VmRSS"):
+                fields[key] = int(value.split()[0])
+    return fields
+
+
+def _smaps_kb(pid: int) -> dict[str, int]:
+    fields = {}
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Pss", "Private_Clean", "Private_Dirty"):
+                fields[key] = int(value.split()[0])
+    return fields
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def tree_memory(pid: int) -> dict:
+    """Memory of a process and its direct children (DataLoader workers), in MiB."""
+    pids = [pid] + _children(pid)
+    status = {p: _status_kb(p) for p in pids}
+    smaps = {p: _smaps_kb(p) for p in pids}
+    mib = 1024.0
+    return {
+        "processes": len(pids),
+        "main_rss_anon_mb": status[pid]["RssAnon"] / mib,
+        "main_peak_rss_mb": status[pid]["VmHWM"] / mib,
+        "rss_anon_sum_mb": sum(s["RssAnon"] for s in status.values()) / mib,
+        "pss_sum_mb": sum(s["Pss"] for s in smaps.values()) / mib,
+        "uss_sum_mb": sum(s["Private_Clean"] + s["Private_Dirty"] for s in smaps.values()) / mib,
+    }
+
+
+def _slug(text: str) -> str:
+    text = re.sub(r"\((r|tm)\)|cpu @.*|processor|\d+-core", "", text.lower())
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def machine_info() -> dict:
+    """CPU model, core count, GPU, torch version, and the short machine name of result files."""
+    import torch
+
+    cpu = platform.processor() or "cpu"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    cores = len(os.sched_getaffinity(0))
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    name = f"{_slug(gpus[0])}-x{len(gpus)}-{cores}cpu" if gpus else f"{_slug(cpu)}-{cores}cpu"
+    return {"machine": name, "cpu": cpu, "cores": cores, "gpus": gpus, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared pieces of the children
+
+
+def _config(overrides: list[str]):
+    from fcn_dist.config import load_config
+
+    return load_config(None, ["model.pretrained=none", "log.wandb=false", *overrides])
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cycle(make_loader):
+    """Batches forever, starting a new epoch (a new iterator) when one ends."""
+    while True:
+        yield from make_loader()
+
+
+def fcn_loader(spec: dict, num_workers: int, data_format: str, root: str):
+    """fcn_dist's train loader for a benchmark case, built by ``build_dataloaders``."""
+    from fcn_dist.data import build_dataloaders
+
+    crop_h, crop_w = spec["crop"]
+    cfg = _config([f"data.format={data_format}", f"data.root={root}", f"data.num_workers={num_workers}",
+                   f"data.batch_size={spec['batch']}", f"data.crop_size=[{crop_h},{crop_w}]"])
+    return build_dataloaders(cfg)[0]
+
+
+def d2l_dataset(spec: dict, voc_root: str, is_train: bool = True):
+    from benchmarks import d2l_reference
+
+    return d2l_reference.VOCSegDataset(is_train, tuple(spec["crop"]), str(Path(voc_root) / "VOCdevkit" / "VOC2012"))
+
+
+def d2l_loader(spec: dict, dataset, num_workers: int):
+    import torch
+
+    return torch.utils.data.DataLoader(dataset, spec["batch"], shuffle=True, drop_last=True, num_workers=num_workers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Children
+
+
+def child_baseline(spec: dict) -> dict:
+    """Memory of a process that imported torch, fcn_dist.data and d2l_reference (not datasets), before any data."""
+    import torch  # noqa: F401
+
+    import fcn_dist.data  # noqa: F401
+    from benchmarks import d2l_reference  # noqa: F401
+    return {"memory": tree_memory(os.getpid())}
+
+
+def child_data(spec: dict) -> dict:
+    """Start-up, steady-state images/s and memory of one train loader."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    t0 = time.perf_counter()
+    if spec["loader"] == "d2l":
+        dataset = d2l_dataset(spec, spec["voc_root"])
+        loader = d2l_loader(spec, dataset, spec["workers"])
+    else:
+        root = spec["arrow_root"] if spec["loader"] == "fcn_arrow" else spec["voc_root"]
+        loader = fcn_loader(spec, spec["workers"], "arrow" if spec["loader"] == "fcn_arrow" else "voc", root)
+    batches = _cycle(lambda: iter(loader))
+    next(batches)
+    startup = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for _ in range(spec["data_batches"]):
+        images, _ = next(batches)
+    elapsed = time.perf_counter() - t1
+    memory = tree_memory(os.getpid())
+    return {"startup_s": startup, "images_per_s": spec["data_batches"] * spec["batch"] / elapsed,
+            "usable_images": len(loader.dataset), "batch_dtype": str(images.dtype), "memory": memory}
+
+
+def _fcn_model(spec: dict, variant: dict, device):
+    import torch
+
+    from fcn_dist.model import build_model
+    from fcn_dist.optim import build_optimizer
+
+    cfg = _config([f"model.arch={spec['arch']}", f"model.backbone={spec['backbone']}"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model).to(device)
+    memory_format = torch.channels_last if variant["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(cfg.optim, model)
+    if variant["compile"]:
+        model = torch.compile(model)
+    return model, optimizer, memory_format
+
+
+def fcn_train_step(model, optimizer, batch, variant: dict, memory_format, device):
+    """fcn_dist's step: uint8 batch to the device, normalise there, autocast forward, fp32 loss, SGD.
+
+    No host sync: the loss stays on the device.
+    """
+    import torch
+
+    from fcn_dist.data.transforms import normalize
+    from fcn_dist.optim import segmentation_loss
+
+    images, masks = batch
+    images = images.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True)
+    images = normalize(images).contiguous(memory_format=memory_format)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant["precision"] == "bf16"):
+        logits = model(images)
+    loss = segmentation_loss(logits, masks)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _d2l_model(device):
+    import torch
+
+    from benchmarks import d2l_reference
+
+    torch.manual_seed(0)
+    net = d2l_reference.build_net().to(device)
+    return net, torch.optim.SGD(net.parameters(), lr=0.001, weight_decay=1e-3)
+
+
+def _synthetic_batches(spec: dict, device):
+    """One uint8 batch for fcn_dist and the same pixels as d2l's loader gives them (float32, int64)."""
+    import torch
+
+    from benchmarks import d2l_reference
+
+    gen = torch.Generator().manual_seed(0)
+    b, (h, w) = spec["batch"], spec["crop"]
+    images = torch.randint(0, 256, (b, 3, h, w), dtype=torch.uint8, generator=gen)
+    masks = torch.randint(0, 21, (b, h, w), dtype=torch.uint8, generator=gen)
+    masks[:, :, : w // 20] = 255
+    d2l_images = torch.stack([d2l_reference.normalize_image(img) for img in images])
+    return ((images.to(device), masks.to(device)),
+            (d2l_images.to(device), masks.long().clamp(max=20).to(device)))
+
+
+def _flops_per_image(spec: dict) -> dict:
+    """Forward and training (forward + backward) FLOPs of one crop, counted by torch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fcn_dist.model import build_model
+
+    model = build_model(_config([f"model.arch={spec['arch']}", f"model.backbone={spec['backbone']}"]).model)
+    x = torch.zeros(1, 3, *spec["crop"])
+    with FlopCounterMode(display=False) as fwd:
+        with torch.no_grad():
+            model(x)
+    with FlopCounterMode(display=False) as train:
+        model(x).sum().backward()
+    return {"forward_gflop": fwd.get_total_flops() / 1e9, "train_gflop": train.get_total_flops() / 1e9}
+
+
+def _precision(precision: str) -> str:
+    """Accelerate's ``no`` is fp32."""
+    return "fp32" if precision == "no" else precision
+
+
+def _variant_name(variant: dict) -> str:
+    if variant["impl"] == "d2l":
+        return "d2l fp32"
+    return (f"fcn_dist {_precision(variant['precision'])}" + (" channels_last" if variant["channels_last"] else "")
+            + (" compile" if variant["compile"] else ""))
+
+
+def child_train_model(spec: dict) -> dict:
+    """Model-only step time of every variant, interleaved round by round on the same tensors."""
+    import torch
+
+    from benchmarks import d2l_reference
+
+    torch.set_num_threads(spec["threads"])
+    device = _device()
+    torch.backends.cudnn.benchmark = True
+    fcn_batch, d2l_batch = _synthetic_batches(spec, device)
+    runs, results = {}, {}
+    for variant in spec["variants"]:
+        name = _variant_name(variant)
+        if variant["impl"] == "d2l":
+            step = functools.partial(d2l_reference.train_steps, *_d2l_model(device), [d2l_batch], device)
+        else:
+            model, optimizer, memory_format = _fcn_model(spec, variant, device)
+            step = functools.partial(fcn_train_step, model, optimizer, fcn_batch, variant, memory_format, device)
+        t0 = time.perf_counter()
+        first_loss = float(step()[0] if variant["impl"] == "d2l" else step())  # pays for compiling, kernel choice
+        _sync(device)
+        results[name] = {**variant, "first_step_s": time.perf_counter() - t0, "first_loss": first_loss, "times": []}
+        for _ in range(spec["warmup"] - 1):
+            step()
+        runs[name] = step
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for r in range(spec["rounds"]):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(spec["steps"]):
+                runs[name]()
+            _sync(device)
+            results[name]["times"].append((time.perf_counter() - t0) / spec["steps"])
+    flops = _flops_per_image(spec)
+    for res in results.values():
+        res["step_s"] = statistics.median(res["times"])
+        res["images_per_s"] = spec["batch"] / res["step_s"]
+        res["tflop_per_s"] = res["images_per_s"] * flops["train_gflop"] / 1e3
+    extra = {"gpu_peak_memory_gb": torch.cuda.max_memory_allocated(device) / 2**30} if device.type == "cuda" else {}
+    return {"variants": results, "flops_per_image": flops, **extra}
+
+
+def child_train_e2e(spec: dict) -> dict:
+    """End-to-end step time: each variant's loader feeds its step; variants interleaved by round."""
+    import torch
+
+    from benchmarks import d2l_reference
+
+    torch.set_num_threads(spec["threads"])
+    device = _device()
+    torch.backends.cudnn.benchmark = True
+    d2l_train = d2l_dataset(spec, spec["voc_root"]) if any(v["impl"] == "d2l" for v in spec["variants"]) else None
+    results, models = {}, {}
+    for variant in spec["variants"]:
+        name = _variant_name(variant)
+        models[name] = _d2l_model(device) if variant["impl"] == "d2l" else _fcn_model(spec, variant, device)
+        results[name] = {**variant, "times": []}
+    for r in range(spec["rounds"]):
+        for variant in (spec["variants"] if r % 2 == 0 else spec["variants"][::-1]):
+            name = _variant_name(variant)
+            if variant["impl"] == "d2l":
+                loader = d2l_loader(spec, d2l_train, spec["workers"])
+            else:
+                loader = fcn_loader(spec, spec["workers"], spec["e2e_format"],
+                                    spec["arrow_root"] if spec["e2e_format"] == "arrow" else spec["voc_root"])
+
+            def step(batch, variant=variant, name=name):
+                if variant["impl"] == "d2l":
+                    return d2l_reference.train_steps(*models[name], [batch], device)
+                return fcn_train_step(*models[name][:2], batch, variant, models[name][2], device)
+
+            batches = _cycle(lambda: iter(loader))
+            for _ in range(spec["warmup"]):  # includes starting the workers (and compiling, once)
+                step(next(batches))
+            _sync(device)
+            t0 = time.perf_counter()
+            for _ in range(spec["e2e_steps"]):
+                step(next(batches))
+            _sync(device)
+            results[name]["times"].append((time.perf_counter() - t0) / spec["e2e_steps"])
+            del batches, loader  # stops this loader's workers before the next variant runs
+    for res in results.values():
+        res["step_s"] = statistics.median(res["times"])
+        res["images_per_s"] = spec["batch"] / res["step_s"]
+    return {"variants": results}
+
+
+def child_eval(spec: dict) -> dict:
+    """fcn_dist ``evaluate`` on the val split against d2l's ``predict`` loop on the same images."""
+    import torch
+    from accelerate import Accelerator
+
+    from benchmarks import d2l_reference
+    from fcn_dist.data import build_dataloaders
+    from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from fcn_dist.evaluate import evaluate
+    from fcn_dist.model import build_model
+
+    torch.set_num_threads(spec["threads"])
+    precision = spec["precision"]
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
+    device = accelerator.device
+    cfg = _config(["data.format=voc", f"data.root={spec['voc_root']}", "data.num_workers=0",
+                   "data.eval_batch_size=1", f"data.batch_size={spec['batch']}",
+                   f"data.crop_size=[{spec['crop'][0]},{spec['crop'][1]}]"])
+    val_loader = build_dataloaders(cfg)[1]
+    model = build_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    net, _ = _d2l_model(device)
+    net.eval()  # train_ch13 ends with evaluate_accuracy_gpu, which leaves the net in eval mode
+    test_images, _ = d2l_reference.read_voc_images(str(Path(spec["voc_root"]) / "VOCdevkit" / "VOC2012"), False)
+    crops = [d2l_reference.predict_crop(img, (320, 480)) for img in test_images]
+
+    def run_fcn():
+        return evaluate(model, val_loader, accelerator, 21, IMAGENET_MEAN, IMAGENET_STD, mode="whole")
+
+    def run_d2l():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            for crop in crops:
+                d2l_reference.predict(net, d2l_reference.normalize_image, crop, device)
+
+    run_fcn()  # warm-up: kernel selection for each image size
+    run_d2l()
+    times = {"fcn_dist": [], "d2l": []}
+    for r in range(spec["eval_rounds"]):
+        for name, fn in (("fcn_dist", run_fcn), ("d2l", run_d2l)) if r % 2 == 0 else (("d2l", run_d2l),
+                                                                                        ("fcn_dist", run_fcn)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append(time.perf_counter() - t0)
+    n = len(test_images)
+    fcn_pixels = sum(img.shape[1] * img.shape[2] for img in test_images)
+    out = {}
+    for name, pixels in (("fcn_dist", fcn_pixels), ("d2l", n * 320 * 480)):
+        seconds = statistics.median(times[name])
+        out[name] = {"images": n, "seconds": seconds, "images_per_s": n / seconds,
+                     "megapixels_per_s": pixels / seconds / 1e6, "times": times[name]}
+    return {"precision": precision, **out}
+
+
+CHILDREN = {"baseline": child_baseline, "data": child_data, "train_model": child_train_model,
+            "train_e2e": child_train_e2e, "eval": child_eval}
+
+
+# ---------------------------------------------------------------------------------------------
+# Parent: data preparation, running the children, the report
+
+
+def prepare_data(work: Path, sizes: Sizes, need: set[str]) -> dict:
+    """Synthetic VOC sets (and their Arrow copies) for every size a section needs.
+
+    Returns:
+        {train size: {"voc_root": str, "arrow_root": str}}; the smallest set has ``bench_val``
+        val images and feeds the train and eval sections.
+    """
+    from fcn_dist.data.hub import prepare_arrow
+    from fcn_dist.data.synthetic import make_synthetic_voc
+
+    wanted = list(sizes.data_sizes) if "data" in need else [min(sizes.data_sizes)]
+    sets = {}
+    for n in wanted:
+        val = sizes.bench_val if n == min(sizes.data_sizes) else 2
+        voc_root = work / f"voc_{n}_{val}_{sizes.max_side}"
+        arrow_root = work / f"arrow_{n}_{val}_{sizes.max_side}"
+        if not (voc_root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").is_file():
+            _log(f"generating {n} + {val} synthetic images into {voc_root}")
+            shutil.rmtree(voc_root, ignore_errors=True)
+            make_synthetic_voc(voc_root, num_train=n, num_val=val, seed=0, max_side=sizes.max_side)
+        if not arrow_root.is_dir():
+            _log(f"converting {voc_root} to Arrow")
+            prepare_arrow(voc_root, arrow_root)
+        sets[n] = {"voc_root": str(voc_root), "arrow_root": str(arrow_root)}
+    return sets
+
+
+def _log(message: str) -> None:
+    print(f"[benchmarks {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_child(kind: str, spec: dict, timeout_s: int, threads: int) -> dict:
+    """Run one case in a child process; a crash or a timeout becomes ``{"error": ...}``."""
+    with tempfile.TemporaryDirectory(prefix="fcn-bench-") as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps({**spec, "kind": kind, "out": str(out_path)}))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline",
+               "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--child", str(spec_path)], cwd=REPO,
+                                  env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"error": f"timed out after {timeout_s} s"}
+        if proc.returncode != 0 or not out_path.is_file():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-12:]
+            return {"error": f"exit code {proc.returncode}: " + " | ".join(tail)}
+        result = json.loads(out_path.read_text())
+        result["wall_s"] = time.perf_counter() - t0
+        return result
+
+
+def run_data(sizes: Sizes, sets: dict, args) -> dict:
+    base = {"crop": list(sizes.crop), "batch": sizes.batch, "data_batches": sizes.data_batches,
+            "threads": args.threads}
+    baseline = run_child("baseline", base, sizes.child_timeout_s, args.threads)
+    cases = []
+    for n in sizes.data_sizes:
+        for loader in ("fcn_voc", "fcn_arrow", "d2l"):
+            for workers in sorted({0, args.workers}):
+                _log(f"data: {loader}, {n} images, {workers} workers")
+                spec = {**base, **sets[n], "loader": loader, "workers": workers}
+                result = run_child("data", spec, sizes.child_timeout_s, args.threads)
+                cases.append({"loader": loader, "dataset_images": n, "workers": workers, **result})
+    return {"baseline": baseline, "cases": cases, "ratios": data_ratios(cases)}
+
+
+def _ok(case: dict) -> bool:
+    return "error" not in case and case.get("status", "ok") == "ok"
+
+
+def data_ratios(cases: list[dict]) -> list[dict]:
+    """fcn_dist's faster loader against d2l at equal workers and size; memory growth with size."""
+    ratios = []
+    ok = [c for c in cases if _ok(c)]
+    for n in sorted({c["dataset_images"] for c in ok}):
+        for workers in sorted({c["workers"] for c in ok}):
+            group = [c for c in ok if c["dataset_images"] == n and c["workers"] == workers]
+            d2l = [c for c in group if c["loader"] == "d2l"]
+            fcn = [c for c in group if c["loader"] != "d2l"]
+            if not d2l or not fcn:
+                continue
+            best = max(fcn, key=lambda c: c["images_per_s"])
+            ratios.append({"pair": f"loader images/s, {n} images, {workers} workers: {best['loader']} / d2l",
+                           "ratio": best["images_per_s"] / d2l[0]["images_per_s"]})
+            ratios.append({"pair": f"RssAnon sum, {n} images, {workers} workers: d2l / {best['loader']}",
+                           "ratio": d2l[0]["memory"]["rss_anon_sum_mb"] / best["memory"]["rss_anon_sum_mb"]})
+    counts = sorted({c["dataset_images"] for c in ok})
+    if len(counts) >= 2:
+        small, large = counts[0], counts[-1]
+        for loader in ("fcn_voc", "fcn_arrow", "d2l"):
+            for workers in sorted({c["workers"] for c in ok}):
+                pair = [next((c for c in ok if c["loader"] == loader and c["workers"] == workers
+                              and c["dataset_images"] == k), None) for k in (small, large)]
+                if None not in pair:
+                    ratios.append({"pair": f"RssAnon sum growth {small} -> {large} images: {loader}, {workers} workers",
+                                   "ratio": pair[1]["memory"]["rss_anon_sum_mb"] / pair[0]["memory"]["rss_anon_sum_mb"]})
+    return ratios
+
+
+def train_variants(with_compile: bool) -> list[dict]:
+    variants = [{"impl": "fcn", "precision": p, "channels_last": cl, "compile": False}
+                for p in ("no", "bf16") for cl in (False, True)]
+    if with_compile:
+        variants += [{"impl": "fcn", "precision": p, "channels_last": True, "compile": True} for p in ("no", "bf16")]
+    return variants + [{"impl": "d2l", "precision": "no", "channels_last": False, "compile": False}]
+
+
+def _flatten(result: dict, skipped: list[tuple[dict, str]] = ()) -> list[dict]:
+    """Rows of a training child's result, then one row per (variant, reason) skipped."""
+    if "error" in result:
+        return [{"name": "all variants", "error": result["error"]}]
+    rows = [{"name": name, "status": "ok", **{k: v for k, v in res.items() if k != "times"}, "times": res["times"]}
+            for name, res in result["variants"].items()]
+    rows += [{"name": _variant_name(v), **v, "status": "skipped", "reason": reason} for v, reason in skipped]
+    return rows
+
+
+def run_train(sizes: Sizes, sets: dict, args) -> dict:
+    bench = sets[min(sizes.data_sizes)]
+    spec = {**bench, "crop": list(sizes.crop), "batch": sizes.batch, "warmup": sizes.warmup, "steps": sizes.steps,
+            "rounds": sizes.rounds, "e2e_steps": sizes.e2e_steps, "threads": args.threads, "workers": args.workers,
+            "e2e_format": args.e2e_format, "arch": args.arch, "backbone": args.backbone}
+    compile_reason = ("--quick: compiling takes minutes" if args.quick else
+                      "--no-compile" if args.no_compile else None)
+    eager = train_variants(False)
+    compiled = [v for v in train_variants(True) if v["compile"]]
+    _log("train: model only, eager variants and d2l")
+    model_only = _flatten(run_child("train_model", {**spec, "variants": eager}, sizes.child_timeout_s, args.threads))
+    if compile_reason:
+        model_only += _flatten({"variants": {}}, [(v, compile_reason) for v in compiled])
+    else:
+        _log("train: model only, torch.compile variants")
+        result = run_child("train_model", {**spec, "variants": compiled}, sizes.child_timeout_s, args.threads)
+        model_only += (_flatten(result) if "error" not in result else
+                       _flatten({"variants": {}}, [(v, f"torch.compile failed: {result['error']}") for v in compiled]))
+    _log("train: end to end")
+    e2e_compiled = {"impl": "fcn", "precision": "bf16", "channels_last": True, "compile": True}
+    e2e_variants = eager[:-1] + ([] if compile_reason else [e2e_compiled]) + eager[-1:]
+    skipped = [(e2e_compiled, compile_reason)] if compile_reason else []
+    if args.quick:  # one fcn_dist variant and d2l exercise the code; the others only cost time
+        skipped = [(v, "--quick: one fcn_dist variant end to end") for v in e2e_variants[:-1]
+                   if v["precision"] != "bf16" or not v["channels_last"]] + skipped
+        e2e_variants = [v for v in e2e_variants if v not in [variant for variant, _ in skipped]]
+    e2e = _flatten(run_child("train_e2e", {**spec, "rounds": max(1, sizes.rounds // 2), "variants": e2e_variants},
+                             sizes.child_timeout_s, args.threads), skipped)
+    return {"model_only": model_only, "end_to_end": e2e, "ratios": train_ratios(model_only, e2e)}
+
+
+def train_ratios(model_only: list[dict], e2e: list[dict]) -> list[dict]:
+    ratios = []
+    for label, rows in (("model only", model_only), ("end to end", e2e)):
+        ok = [r for r in rows if _ok(r)]
+        d2l = next((r for r in ok if r.get("impl") == "d2l"), None)
+        if d2l is None:
+            continue
+        for r in ok:
+            if r.get("impl") == "fcn":
+                ratios.append({"pair": f"train images/s, {label}: {r['name']} / d2l fp32",
+                               "ratio": r["images_per_s"] / d2l["images_per_s"]})
+    by_name = {r["name"]: r for r in model_only if _ok(r)}
+    for r in e2e:
+        if _ok(r) and r["name"] in by_name:
+            ratios.append({"pair": f"end to end / model only: {r['name']}",
+                           "ratio": r["images_per_s"] / by_name[r["name"]]["images_per_s"]})
+    return ratios
+
+
+def run_eval(sizes: Sizes, sets: dict, args) -> dict:
+    bench = sets[min(sizes.data_sizes)]
+    cases = []
+    for precision in ("no", "bf16"):
+        _log(f"eval: {precision}")
+        spec = {**bench, "precision": precision, "eval_rounds": sizes.eval_rounds, "threads": args.threads,
+                "crop": list(sizes.crop), "batch": sizes.batch}
+        cases.append({"precision": precision, **run_child("eval", spec, sizes.child_timeout_s, args.threads)})
+    ratios = []
+    ok = [c for c in cases if "error" not in c]
+    for c in ok:
+        ratios.append({"pair": f"eval images/s, {_precision(c['precision'])}: fcn_dist / d2l",
+                       "ratio": c["fcn_dist"]["images_per_s"] / c["d2l"]["images_per_s"]})
+        ratios.append({"pair": f"eval megapixels/s, {_precision(c['precision'])}: fcn_dist / d2l",
+                       "ratio": c["fcn_dist"]["megapixels_per_s"] / c["d2l"]["megapixels_per_s"]})
+    d2l_fp32 = next((c for c in ok if c["precision"] == "no"), None)
+    fcn_bf16 = next((c for c in ok if c["precision"] == "bf16"), None)
+    if d2l_fp32 and fcn_bf16:
+        ratios.append({"pair": "eval images/s: fcn_dist bf16 / d2l fp32",
+                       "ratio": fcn_bf16["fcn_dist"]["images_per_s"] / d2l_fp32["d2l"]["images_per_s"]})
+    return {"cases": cases, "ratios": ratios}
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _fmt(value, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def render_markdown(results: dict) -> str:
+    """The results as markdown tables (what benchmarks/README.md copies)."""
+    env = results["environment"]
+    lines = [f"# Benchmarks on {env['machine']} ({results['date']})", "",
+             f"CPU: {env['cpu']}, {env['cores']} cores; GPUs: {', '.join(env['gpus']) or 'none'}; "
+             f"torch {env['torch']}; threads {results['settings']['threads']}; "
+             f"{'QUICK smoke run, figures meaningless' if results['settings']['quick'] else 'full run'}.", ""]
+    if "data" in results:
+        data = results["data"]
+        base = data["baseline"].get("memory", {})
+        lines += ["## Data loaders", "",
+                  f"Baseline process after imports: RssAnon {_fmt(base.get('main_rss_anon_mb'), 0)} MiB.", "",
+                  "| loader | images | workers | usable | start-up s | images/s | RssAnon sum MiB | PSS sum MiB "
+                  "| USS sum MiB | main peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for c in data["cases"]:
+            if "error" in c:
+                lines.append(f"| {c['loader']} | {c['dataset_images']} | {c['workers']} | error: {c['error'][:120]} "
+                             "| | | | | | |")
+                continue
+            m = c["memory"]
+            lines.append(f"| {c['loader']} | {c['dataset_images']} | {c['workers']} | {c['usable_images']} | "
+                         f"{_fmt(c['startup_s'])} | {_fmt(c['images_per_s'], 1)} | {_fmt(m['rss_anon_sum_mb'], 0)} | "
+                         f"{_fmt(m['pss_sum_mb'], 0)} | {_fmt(m['uss_sum_mb'], 0)} | {_fmt(m['main_peak_rss_mb'], 0)} |")
+        lines.append("")
+    if "train" in results:
+        train = results["train"]
+        for label, key in (("model only", "model_only"), ("end to end", "end_to_end")):
+            lines += [f"## Training step, {label}", "", "| variant | images/s | step s | first step s | TFLOP/s | note |",
+                      "|---|---|---|---|---|---|"]
+            for r in train[key]:
+                if "error" in r:
+                    lines.append(f"| {r['name']} | | | | | error: {r['error'][:160]} |")
+                elif r["status"] == "skipped":
+                    lines.append(f"| {r['name']} | | | | | skipped: {r['reason'][:160]} |")
+                else:
+                    lines.append(f"| {r['name']} | {_fmt(r['images_per_s'])} | {_fmt(r['step_s'], 3)} | "
+                                 f"{_fmt(r.get('first_step_s'), 1)} | {_fmt(r.get('tflop_per_s'), 3)} | |")
+            lines.append("")
+    if "eval" in results:
+        lines += ["## Evaluation", "", "| precision | pipeline | images | images/s | megapixels/s |",
+                  "|---|---|---|---|---|"]
+        for c in results["eval"]["cases"]:
+            if "error" in c:
+                lines.append(f"| {_precision(c['precision'])} | error: {c['error'][:160]} | | | |")
+                continue
+            for name in ("fcn_dist", "d2l"):
+                r = c[name]
+                lines.append(f"| {_precision(c['precision'])} | {name} | {r['images']} | {_fmt(r['images_per_s'])} | "
+                             f"{_fmt(r['megapixels_per_s'])} |")
+        lines.append("")
+    lines += ["## Ratios", "", "| pair | ratio |", "|---|---|"]
+    for section in ("data", "train", "eval"):
+        for r in results.get(section, {}).get("ratios", []):
+            lines.append(f"| {r['pair']} | {r['ratio']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def _errors(results: dict) -> list[str]:
+    found = []
+    for section in ("data", "train", "eval"):
+        part = results.get(section, {})
+        rows = part.get("cases", []) + part.get("model_only", []) + part.get("end_to_end", [])
+        found += [f"{section}: {r['error']}" for r in rows if "error" in r]
+        if "error" in part.get("baseline", {}):
+            found.append(f"data baseline: {part['baseline']['error']}")
+    return found
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, no torch.compile: a smoke test")
+    parser.add_argument("--only", choices=("data", "train", "eval"), action="append",
+                        help="run only this section (repeatable); default all")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of the JSON and markdown results")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the synthetic data here and reuse it next time (default: a temporary folder)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads of the main process of every case (default: all cores)")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the non-zero-worker cases")
+    parser.add_argument("--e2e-format", choices=("arrow", "voc"), default="arrow",
+                        help="fcn_dist data format of the end-to-end training cases")
+    parser.add_argument("--arch", default="fcn32s", help="fcn_dist model.arch of the training cases")
+    parser.add_argument("--backbone", default="resnet18", help="fcn_dist model.backbone of the training cases")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.child is not None:
+        spec = json.loads(args.child.read_text())
+        result = CHILDREN[spec["kind"]](spec)
+        Path(spec["out"]).write_text(json.dumps(result))
+        return 0
+    sizes = QUICK if args.quick else FULL
+    sections = args.only or ["data", "train", "eval"]
+    info = machine_info()
+    started = datetime.datetime.now()
+    results = {"environment": info, "date": started.strftime("%Y-%m-%d"),
+               "settings": {"quick": args.quick, "sections": sections, "threads": args.threads,
+                            "workers": args.workers, "e2e_format": args.e2e_format, "arch": args.arch,
+                            "backbone": args.backbone, "sizes": dataclasses.asdict(sizes)}}
+    work = args.data_dir or Path(tempfile.mkdtemp(prefix="fcn-bench-data-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        sets = prepare_data(work, sizes, set(sections))
+        if "data" in sections:
+            results["data"] = run_data(sizes, sets, args)
+        if "train" in sections:
+            results["train"] = run_train(sizes, sets, args)
+        if "eval" in sections:
+            results["eval"] = run_eval(sizes, sets, args)
+    finally:
+        if args.data_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
+    results["elapsed_s"] = (datetime.datetime.now() - started).total_seconds()
+    results["errors"] = _errors(results)
+    stem = f"{info['machine']}-{results['date']}" + ("-quick" if args.quick else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = args.out / f"{stem}.json", args.out / f"{stem}.md"
+    tmp = json_path.with_name(json_path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, json_path)
+    md_path.write_text(render_markdown(results))
+    _log(f"wrote {json_path} and {md_path} in {results['elapsed_s']:.0f} s")
+    for error in results["errors"]:
+        _log(f"error: {error}")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""The benchmark entry point runs end to end (``--quick``) and writes its JSON and markdown.
+
+No timing is asserted: benchmarks report, they do not pass or fail on a figure.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.run import data_ratios, machine_info, train_ratios, tree_memory
+
+REPO = Path(__file__).resolve().parents[1]
+
+MODEL_ONLY = {"fcn_dist fp32", "fcn_dist fp32 channels_last", "fcn_dist bf16", "fcn_dist bf16 channels_last",
+              "d2l fp32", "fcn_dist fp32 channels_last compile", "fcn_dist bf16 channels_last compile"}
+END_TO_END = {"fcn_dist fp32", "fcn_dist fp32 channels_last", "fcn_dist bf16", "fcn_dist bf16 channels_last",
+              "fcn_dist bf16 channels_last compile", "d2l fp32"}
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--threads", "1", "--out", str(tmp_path)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stem = f"{machine_info()['machine']}-"
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and all(f.startswith(stem) for f in files), files
+    json_name, md_name = files
+    assert re.fullmatch(re.escape(stem) + r"\d{4}-\d{2}-\d{2}-quick\.json", json_name)
+    assert md_name == json_name.replace(".json", ".md")
+
+    results = json.loads((tmp_path / json_name).read_text())
+    assert set(results) == {"environment", "date", "settings", "data", "train", "eval", "elapsed_s", "errors"}
+    assert results["errors"] == []
+    assert results["settings"]["quick"] is True and results["settings"]["threads"] == 1
+
+    data = results["data"]
+    assert "main_rss_anon_mb" in data["baseline"]["memory"]
+    cases = {(c["loader"], c["dataset_images"], c["workers"]) for c in data["cases"]}
+    assert cases == {(loader, n, w) for loader in ("fcn_voc", "fcn_arrow", "d2l") for n in (8, 16) for w in (0, 2)}
+    for case in data["cases"]:
+        assert case["startup_s"] > 0 and case["images_per_s"] > 0
+        assert case["batch_dtype"] == ("torch.float32" if case["loader"] == "d2l" else "torch.uint8")
+        assert case["memory"]["processes"] == 1 + case["workers"]
+        assert {"rss_anon_sum_mb", "pss_sum_mb", "uss_sum_mb", "main_peak_rss_mb"} <= set(case["memory"])
+    fcn_cases = [c for c in data["cases"] if c["loader"] != "d2l"]
+    assert {c["usable_images"] for c in fcn_cases if c["dataset_images"] == 16} == {16}  # the train preset keeps all
+
+    train = results["train"]
+    assert {r["name"] for r in train["model_only"]} == MODEL_ONLY
+    assert {r["name"] for r in train["end_to_end"]} == END_TO_END
+    for row in train["model_only"] + train["end_to_end"]:
+        if "compile" in row["name"]:
+            assert row["status"] == "skipped" and row["reason"].startswith("--quick")
+        elif row["status"] == "ok":
+            assert row["images_per_s"] > 0 and len(row["times"]) >= 1
+    ran_e2e = {r["name"] for r in train["end_to_end"] if r["status"] == "ok"}
+    assert ran_e2e == {"fcn_dist bf16 channels_last", "d2l fp32"}
+    assert any(r["pair"] == "train images/s, end to end: fcn_dist bf16 channels_last / d2l fp32"
+               for r in train["ratios"])
+
+    evals = results["eval"]["cases"]
+    assert [c["precision"] for c in evals] == ["no", "bf16"]
+    for case in evals:
+        assert case["fcn_dist"]["images"] == case["d2l"]["images"] == 3
+        assert case["fcn_dist"]["images_per_s"] > 0 and case["d2l"]["images_per_s"] > 0
+
+    markdown = (tmp_path / md_name).read_text()
+    for heading in ("## Data loaders", "## Training step, model only", "## Training step, end to end",
+                    "## Evaluation", "## Ratios"):
+        assert heading in markdown
+    for name in MODEL_ONLY:
+        assert f"| {name} |" in markdown
+
+
+def _case(loader, n, workers, images_per_s, rss):
+    return {"loader": loader, "dataset_images": n, "workers": workers, "images_per_s": images_per_s,
+            "memory": {"rss_anon_sum_mb": rss}}
+
+
+def test_data_ratios_pick_the_faster_fcn_loader_at_equal_workers():
+    cases = [_case("fcn_voc", 10, 0, 30.0, 100.0), _case("fcn_arrow", 10, 0, 60.0, 120.0),
+             _case("d2l", 10, 0, 20.0, 480.0), _case("fcn_voc", 20, 0, 30.0, 100.0),
+             _case("fcn_arrow", 20, 0, 40.0, 120.0), _case("d2l", 20, 0, 10.0, 960.0),
+             {"loader": "d2l", "dataset_images": 20, "workers": 2, "error": "exit code 1"}]
+    ratios = {r["pair"]: r["ratio"] for r in data_ratios(cases)}
+    assert ratios == {
+        "loader images/s, 10 images, 0 workers: fcn_arrow / d2l": 3.0,
+        "RssAnon sum, 10 images, 0 workers: d2l / fcn_arrow": 4.0,
+        "loader images/s, 20 images, 0 workers: fcn_arrow / d2l": 4.0,
+        "RssAnon sum, 20 images, 0 workers: d2l / fcn_arrow": 8.0,
+        "RssAnon sum growth 10 -> 20 images: fcn_voc, 0 workers": 1.0,
+        "RssAnon sum growth 10 -> 20 images: fcn_arrow, 0 workers": 1.0,
+        "RssAnon sum growth 10 -> 20 images: d2l, 0 workers": 2.0,
+    }
+
+
+def test_train_ratios_compare_with_d2l_and_model_only():
+    model_only = [{"name": "fcn_dist bf16", "impl": "fcn", "status": "ok", "images_per_s": 6.0},
+                  {"name": "d2l fp32", "impl": "d2l", "status": "ok", "images_per_s": 2.0},
+                  {"name": "fcn_dist fp32 channels_last compile", "impl": "fcn", "status": "skipped"}]
+    e2e = [{"name": "fcn_dist bf16", "impl": "fcn", "status": "ok", "images_per_s": 4.5},
+           {"name": "d2l fp32", "impl": "d2l", "status": "ok", "images_per_s": 1.5}]
+    assert {r["pair"]: r["ratio"] for r in train_ratios(model_only, e2e)} == {
+        "train images/s, model only: fcn_dist bf16 / d2l fp32": 3.0,
+        "train images/s, end to end: fcn_dist bf16 / d2l fp32": 3.0,
+        "end to end / model only: fcn_dist bf16": 0.75,
+        "end to end / model only: d2l fp32": 0.75,
+    }
+
+
+def test_tree_memory_counts_this_process():
+    memory = tree_memory(os.getpid())
+    assert memory["processes"] >= 1
+    assert 0 < memory["uss_sum_mb"] <= memory["pss_sum_mb"] + 1e-6
+    assert 0 < memory["main_rss_anon_mb"] <= memory["rss_anon_sum_mb"]
+    assert memory["main_rss_anon_mb"] <= memory["main_peak_rss_mb"]

@@ -1,0 +1,110 @@
+"""The CPU upsampling fast path (2x2 conv + pixel shuffle) equals ``nn.ConvTranspose2d``.
+
+``FCN.forward`` runs its final transposed conv through ``upsample_by_pixel_shuffle`` on CPU;
+these tests show the values and all three gradients equal the plain layer's in fp32, stay within
+bf16 rounding under bf16 autocast, and that the model really takes that path.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcn_dist import ModelConfig, build_model
+from fcn_dist.model import upsample_by_pixel_shuffle
+
+
+def _layer(channels_in: int, channels_out: int, s: int, bias: bool = True) -> nn.ConvTranspose2d:
+    torch.manual_seed(s)
+    layer = nn.ConvTranspose2d(channels_in, channels_out, 2 * s, stride=s, padding=s // 2, bias=bias)
+    with torch.no_grad():  # a dense kernel, not the diagonal bilinear one, so every tap is exercised
+        layer.weight.normal_(0, 0.1)
+        if bias:
+            layer.bias.normal_(0, 1)
+    return layer
+
+
+def _forward_backward(fn, layer: nn.ConvTranspose2d, x: torch.Tensor, grad: torch.Tensor):
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    out = fn(x)
+    out.float().backward(grad)
+    grads = [x.grad, layer.weight.grad] + ([layer.bias.grad] if layer.bias is not None else [])
+    return out.detach(), grads
+
+
+@pytest.mark.parametrize("s, bias", [(2, True), (8, False), (32, True)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fp32_values_and_gradients_equal_conv_transpose(s, bias, channels_last):
+    torch.set_num_threads(1)
+    layer = _layer(5, 3, s, bias)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(2, 5, 3, 4).contiguous(memory_format=fmt)
+    grad = torch.randn(2, 3, 3 * s, 4 * s)
+    ref, ref_grads = _forward_backward(layer, layer, x, grad)
+    out, grads = _forward_backward(lambda t: upsample_by_pixel_shuffle(t, layer), layer, x, grad)
+    assert out.shape == ref.shape == (2, 3, 3 * s, 4 * s)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    assert len(grads) == len(ref_grads) == (3 if bias else 2)
+    for got, want in zip(grads, ref_grads):
+        assert got.shape == want.shape
+        # gradients are sums over many pixels: compare relative to their size (fp32 summation order)
+        assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()), rtol=1e-5), (got - want).abs().max()
+
+
+def test_bf16_autocast_within_bf16_rounding_of_fp32():
+    torch.set_num_threads(1)
+    layer = _layer(21, 21, 32)
+    x = torch.randn(2, 21, 3, 4)
+    with torch.no_grad():
+        ref = layer(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = upsample_by_pixel_shuffle(x, layer)
+            plain = layer(x)
+    assert out.dtype == plain.dtype == torch.bfloat16
+    scale = ref.abs().max()
+    # bf16 keeps 8 significant bits: relative error ~2**-8 per rounding, a few roundings deep
+    assert (out.float() - ref).abs().max() <= 0.02 * scale
+    assert (out.float() - plain.float()).abs().max() <= 0.02 * scale
+
+
+def test_other_transposed_convs_are_refused():
+    x = torch.randn(1, 4, 3, 3)
+    for layer in (nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1),     # kernel not 2s
+                  nn.ConvTranspose2d(4, 4, 6, stride=3, padding=1),     # s odd
+                  nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1, groups=2)):
+        with pytest.raises(ValueError, match="not a 2s x 2s"):
+            upsample_by_pixel_shuffle(x, layer)
+
+
+@pytest.mark.parametrize("arch", ["fcn32s", "fcn8s"])
+def test_model_on_cpu_takes_the_fast_path_and_matches_the_plain_layer(arch, monkeypatch):
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, pretrained="none")).eval()
+    with torch.no_grad():
+        model.upsample.weight.add_(0.01 * torch.randn_like(model.upsample.weight))
+    images = torch.randn(1, 3, 70, 100)  # not multiples of 32: padded, then cropped
+
+    def plain_forward(images):
+        """FCN.forward with the plain ConvTranspose2d head (the reference)."""
+        h, w = images.shape[-2:]
+        x = F.pad(images, (0, -w % 32, 0, -h % 32))
+        feats = {}
+        for name, layer in model.backbone.named_children():
+            x = layer(x)
+            feats[name] = x
+        logits = model.score(x)
+        if arch == "fcn8s":
+            logits = model.up2_32(logits) + model.score_layer3(feats["layer3"])
+            logits = model.up2_16(logits) + model.score_layer2(feats["layer2"])
+        return model.upsample(logits)[..., :h, :w]
+
+    with torch.no_grad():
+        ref = plain_forward(images)
+        calls = []
+        monkeypatch.setattr(model.upsample, "forward", lambda *a: calls.append(1) or pytest.fail("slow path"))
+        out = model(images)
+    assert calls == []
+    assert out.shape == ref.shape == (1, 21, 70, 100)
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
