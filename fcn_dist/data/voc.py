@@ -249,13 +249,16 @@ def to_tensors(image: np.ndarray, mask: np.ndarray, name: str) -> tuple[torch.Te
         mask: uint8 (H, W).
 
     Returns:
-        image uint8 (3, H, W) contiguous, mask uint8 (H, W).
+        image uint8 (3, H, W), a view of an (H, W, 3) array (channels-last memory, as decoded),
+        mask uint8 (H, W).
     """
     if image.shape[:2] != mask.shape:
         raise DataError(f"{name}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from the image size "
                         f"{image.shape[1]}x{image.shape[0]}; every mask must match its image")
-    # copies: PIL's buffers are read-only, and workers hand these to shared memory anyway
-    image_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    # One copy (PIL's buffers are read-only), kept in its decoded HWC order: torch's uint8
+    # antialiased resize is 1.5-2.4x faster on channels-last images (same values), and the
+    # train preset's random rescale is most of a sample's cost.
+    image_t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
     mask_t = torch.from_numpy(np.array(mask, dtype=np.uint8))
     return image_t, mask_t
 
