@@ -82,24 +82,23 @@ QUICK = Sizes(data_sizes=(8, 16), bench_val=3, max_side=128, crop=(64, 96), batc
 # Memory and machine
 
 
-def _status_kb(pid: int) -> dict[str, int]:
+def _proc_kb(path: str, keys: tuple[str, ...]) -> dict[str, int]:
+    """``key: value kB`` fields of a /proc file (status, smaps_rollup), in kB."""
     fields = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(path) as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("RssAnon", "VmHWM", "VmRSS"):
+            if key in keys:
                 fields[key] = int(value.split()[0])
     return fields
+
+
+def _status_kb(pid: int) -> dict[str, int]:
+    return _proc_kb(f"/proc/{pid}/status", ("RssAnon", "VmHWM", "VmRSS"))
 
 
 def _smaps_kb(pid: int) -> dict[str, int]:
-    fields = {}
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("Pss", "Private_Clean", "Private_Dirty"):
-                fields[key] = int(value.split()[0])
-    return fields
+    return _proc_kb(f"/proc/{pid}/smaps_rollup", ("Pss", "Private_Clean", "Private_Dirty"))
 
 
 def _children(pid: int) -> list[int]:
