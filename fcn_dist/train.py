@@ -122,6 +122,9 @@ def _end(accelerator: Accelerator, stop: _StopFlag) -> None:
 
 def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
     run_dir = cfg.run_dir()
+    if cfg.train.resume == "never" and complete_checkpoints(run_dir):  # before anything in it is touched
+        raise CheckpointError(f"{run_dir} already holds checkpoints and train.resume=never: use train.resume=auto "
+                              "to continue it, or a new train.run_name / train.output_dir")
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:
         save_config(cfg, run_dir / "config.yaml")
@@ -156,9 +159,6 @@ def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
     accelerator.register_for_checkpointing(scheduler, state)
 
     resume_from = find_resume_checkpoint(run_dir, cfg.train.resume)
-    if cfg.train.resume == "never" and complete_checkpoints(run_dir):
-        raise CheckpointError(f"{run_dir} already holds checkpoints and train.resume=never: use train.resume=auto "
-                              "to continue it, or a new train.run_name / train.output_dir")
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         accelerator.print(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, "

@@ -194,3 +194,13 @@ def test_demo_config_learns(tmp_path):
     assert final["val/mIoU"] >= 0.5, final
     _, info = load_model(tmp_path / "demo" / "model_best.safetensors")
     assert info.metrics["mIoU"] == max(r["val/mIoU"] for r in rows if "val/mIoU" in r)
+
+
+def test_resume_never_refuses_a_run_with_checkpoints_and_touches_nothing(voc_root, tmp_path):
+    run_dir = tmp_path / "old"
+    (run_dir / "checkpoints" / "step_00000007").mkdir(parents=True)
+    (run_dir / "config.yaml").write_text("original\n")
+    proc = _train(_overrides(voc_root, tmp_path, "old", **{"train.resume": "never"}), expect=2)
+    assert f"{run_dir} already holds checkpoints and train.resume=never" in proc.stderr
+    assert (run_dir / "config.yaml").read_text() == "original\n"
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml"]
