@@ -9,8 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcn_dist.config import OptimConfig
-
-IGNORE_INDEX = 255
+from fcn_dist.data.voc import IGNORE_INDEX
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:

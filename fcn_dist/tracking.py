@@ -44,9 +44,13 @@ def wandb_init_kwargs(cfg: Config, run_dir: Path, run_id: str | None) -> dict[st
 
 def flat_config(cfg: Config) -> dict[str, Any]:
     """Config as a flat ``section.key`` dict (W&B config panel, sweeps)."""
-    return {f"{section}.{k}" if isinstance(values, dict) else section: v
-            for section, values in config_to_dict(cfg).items()
-            for k, v in (values.items() if isinstance(values, dict) else [(section, values)])}
+    flat: dict[str, Any] = {}
+    for section, values in config_to_dict(cfg).items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{key}": value for key, value in values.items()})
+        else:
+            flat[section] = values  # the top-level name
+    return flat
 
 
 class MetricsLog:
