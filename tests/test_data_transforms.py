@@ -87,6 +87,24 @@ def test_random_scale_keeps_blocks_aligned():
     assert scaled_down > 10
 
 
+@pytest.mark.parametrize("scale", [0.5, 0.8, 2.0])
+def test_random_scale_has_the_drawn_scale(scale):
+    """Only the crop window is resized; it must look like the whole image rescaled by the draw."""
+    cfg = DataConfig(crop_size=[64, 96], scale_range=[scale, scale], hflip=False)
+    transform = build_transforms(cfg, train=True)
+    source_image, source_mask = block_pair(80, 128)  # 16-pixel blocks
+    for draw in range(20):
+        torch.manual_seed(draw)
+        image, mask = transform(source_image, source_mask)
+        real = mask != 255
+        rows, cols = int(real.any(1).sum()), int(real.any(0).sum())
+        assert (rows, cols) == (min(64, round(80 * scale)), min(96, round(128 * scale)))
+        # interior blocks are 16 * scale pixels long (the first and last may be cut by the crop)
+        first_row = int(real.any(1).nonzero()[0, 0])
+        runs = torch.unique_consecutive(mask[first_row][real[first_row]], return_counts=True)[1][1:-1]
+        assert len(runs) > 0 and all(abs(int(n) - 16 * scale) <= 1 for n in runs), runs
+
+
 def test_d2l_preset_is_a_plain_crop():
     transform = build_transforms(DataConfig(preset="d2l", crop_size=[40, 56]), train=True)
     source_image, source_mask = coordinate_pair(60, 90)

@@ -75,23 +75,55 @@ class PairTransform:
         return f"PairTransform({self.transforms.transforms if self.transforms else []})"
 
 
-class RandomScale(v2.Transform):
-    """Rescale image and mask by one factor drawn uniformly from ``scale_range`` [min, max].
+class RandomScaleCrop(v2.Transform):
+    """Rescale by a factor drawn uniformly from ``scale_range``, then take a random ``size`` crop.
 
-    Images are resized bilinearly with antialiasing; masks (``tv_tensors.Mask``) nearest.
+    The same distribution as a random rescale followed by ``v2.RandomCrop(size,
+    pad_if_needed=True)``: where the rescaled image is larger than the crop, a uniformly placed
+    window; where it is smaller, the whole image at a uniformly drawn offset inside the crop,
+    the rest filled with ``fill`` (image 0, mask 255). But only the window is resized
+    (``F.resized_crop``), never the whole image: at most crop-size pixels come out instead of
+    ``scale**2`` times the image's (1.75x the image on average for scales 0.5-2.0). The window
+    is rounded to whole source pixels, so the effective scale differs from the drawn one by less
+    than one source pixel over the window. Images are resized bilinearly with antialiasing,
+    masks (``tv_tensors.Mask``) nearest, from the same window, so they stay aligned.
+
+    Per 500x375 image, one thread, 2-core EPYC (2026-11-24): 0.83 ms against 1.16 ms for the
+    whole-image rescale + crop it replaces (train preset at 320x480, scales 0.5-2.0, median
+    of 300 draws, 3 interleaved rounds; the image resize is 0.25-0.44 ms of it, the mask 0.21).
     """
 
-    def __init__(self, scale_range: Sequence[float]) -> None:
+    def __init__(self, scale_range: Sequence[float], size: Sequence[int], fill: dict) -> None:
         super().__init__()
         self.scale_range = (float(scale_range[0]), float(scale_range[1]))
+        self.size = (int(size[0]), int(size[1]))
+        self.fill = fill
+
+    @staticmethod
+    def _axis(length: int, scale: float, crop: int) -> tuple[int, int, int, int]:
+        """(source start, source length, output offset, output length) along one axis."""
+        scaled = max(1, round(length * scale))
+        if scaled <= crop:  # the whole side fits: place it inside the crop
+            offset = int(torch.randint(0, crop - scaled + 1, ()))
+            return 0, length, offset, scaled
+        start = int(torch.randint(0, scaled - crop + 1, ()))  # window start in rescaled pixels
+        src_start = min(length - 1, round(start * length / scaled))
+        src_len = max(1, min(length - src_start, round(crop * length / scaled)))
+        return src_start, src_len, 0, crop
 
     def make_params(self, flat_inputs: list) -> dict:
         height, width = v2.query_size(flat_inputs)
         scale = torch.empty(()).uniform_(*self.scale_range).item()
-        return {"size": [max(1, round(height * scale)), max(1, round(width * scale))]}
+        top, src_h, out_top, out_h = self._axis(height, scale, self.size[0])
+        left, src_w, out_left, out_w = self._axis(width, scale, self.size[1])
+        padding = [out_left, out_top, self.size[1] - out_left - out_w, self.size[0] - out_top - out_h]
+        return {"window": (top, left, src_h, src_w), "out": [out_h, out_w], "padding": padding}
 
     def transform(self, inpt, params: dict):
-        return self._call_kernel(F.resize, inpt, params["size"], antialias=True)
+        out = self._call_kernel(F.resized_crop, inpt, *params["window"], size=params["out"], antialias=True)
+        if any(params["padding"]):
+            out = self._call_kernel(F.pad, out, params["padding"], fill=self.fill[type(inpt)])
+        return out
 
 
 def build_transforms(data_cfg, train: bool) -> PairTransform:
@@ -110,11 +142,12 @@ def build_transforms(data_cfg, train: bool) -> PairTransform:
     crop = list(data_cfg.crop_size)
     if data_cfg.preset == "d2l":
         return PairTransform([v2.RandomCrop(crop)])
-    steps = []
-    if tuple(data_cfg.scale_range) != (1.0, 1.0):
-        steps.append(RandomScale(data_cfg.scale_range))
     # pad the mask with 255 so the padding is ignored by the loss and the metrics
-    steps.append(v2.RandomCrop(crop, pad_if_needed=True, fill={tv_tensors.Image: 0, tv_tensors.Mask: 255}))
+    fill = {tv_tensors.Image: 0, tv_tensors.Mask: 255}
+    if tuple(data_cfg.scale_range) == (1.0, 1.0):
+        steps = [v2.RandomCrop(crop, pad_if_needed=True, fill=fill)]
+    else:
+        steps = [RandomScaleCrop(data_cfg.scale_range, crop, fill)]
     if data_cfg.hflip:
         steps.append(v2.RandomHorizontalFlip(p=0.5))
     return PairTransform(steps)
