@@ -74,15 +74,16 @@ def test_arrow_format_goes_through_build_dataloaders(synthetic_voc, arrow_root):
             assert _batches_equal(a_images, v_images) and _batches_equal(a_masks, v_masks)
 
 
-def test_prepare_refuses_to_overwrite_and_validates(synthetic_voc, arrow_root, tmp_path):
+@pytest.mark.parametrize("decoded", [False, True])
+def test_prepare_refuses_to_overwrite_and_validates(synthetic_voc, arrow_root, tmp_path, decoded):
     with pytest.raises(DataError, match=str(arrow_root)):
-        prepare_arrow(synthetic_voc, arrow_root)
+        prepare_arrow(synthetic_voc, arrow_root, decoded=decoded)
     shutil.copytree(synthetic_voc / "VOCdevkit", tmp_path / "VOCdevkit")
     bad = tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages" / "train_00002.jpg"
     bad.write_bytes(b"not a jpeg")
     out = tmp_path / "arrow"
     with pytest.raises(DataError, match=str(bad)):
-        prepare_arrow(tmp_path, out)
+        prepare_arrow(tmp_path, out, decoded=decoded)
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["VOCdevkit"]
 
 
@@ -102,6 +103,94 @@ def test_check_lists_bad_arrow_rows(synthetic_voc, tmp_path, capsys):
     assert data_cli(["check", "--data-root", str(tmp_path / "arrow")]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "row 1" in lines[0] and "val_00001" in lines[0] and "truncated" in lines[0]
+
+
+@pytest.fixture(scope="module")
+def decoded_root(synthetic_voc, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("arrow_decoded") / "voc_decoded"
+    assert data_cli(["prepare", "--data-root", str(synthetic_voc), "--out", str(out), "--decoded"]) == 0
+    return out
+
+
+def test_prepare_decoded_writes_raw_pixels(synthetic_voc, decoded_root, capsys):
+    saved = datasets.load_from_disk(str(decoded_root))
+    assert sorted(saved) == ["train", "val"]
+    assert saved["val"].features["image"] == saved["val"].features["mask"] == datasets.Value("binary")
+    assert set(saved["val"].column_names) == {"name", "height", "width", "image", "mask"}
+    row = saved["val"][0]
+    assert len(row["image"]) == row["height"] * row["width"] * 3 and len(row["mask"]) == row["height"] * row["width"]
+    out = decoded_root.parent / "again"
+    assert data_cli(["prepare", "--data-root", str(synthetic_voc), "--out", str(out), "--decoded",
+                     "--splits", "val"]) == 0
+    assert "decoded pixels" in capsys.readouterr().out
+    assert len(load_arrow(out, "val")) == 4 and load_arrow(out, "val").decoded
+    assert sorted(p.name for p in out.parent.iterdir()) == ["again", "voc_decoded"]  # no work folder left
+
+
+def test_decoded_arrow_equals_encoded_arrow_and_voc_reader(synthetic_voc, arrow_root, decoded_root):
+    saw_void = False
+    for split in ("train", "val"):
+        decoded, encoded = load_arrow(decoded_root, split), load_arrow(arrow_root, split)
+        reader = VOCSegmentation(synthetic_voc, split)
+        assert decoded.decoded and not encoded.decoded
+        assert decoded.table.cache_files  # memory-mapped, not copied into RAM
+        assert len(decoded) == len(encoded) == len(reader) and decoded.sizes() == reader.sizes()
+        for i in range(len(reader)):
+            image, mask = decoded[i]
+            assert image.dtype == mask.dtype == torch.uint8 and image.shape[0] == 3
+            assert image.permute(1, 2, 0).is_contiguous()  # a view of an HWC buffer, like the other readers
+            for other in (encoded[i], reader[i]):
+                assert torch.equal(image, other[0]) and torch.equal(mask, other[1])
+            saw_void |= bool((mask == 255).any())
+            image.zero_()  # items own their memory: the next read is unchanged
+            assert torch.equal(decoded[i][0], reader[i][0])
+    assert saw_void
+
+
+def test_decoded_arrow_goes_through_build_dataloaders(arrow_root, decoded_root):
+    common = ["data.format=arrow", "data.crop_size=[32,48]", "data.batch_size=3", "data.num_workers=0",
+              "data.eval_batch_size=2", "train.seed=7"]
+    decoded_loaders = build_dataloaders(load_config(None, [*common, f"data.root={decoded_root}"]))
+    encoded_loaders = build_dataloaders(load_config(None, [*common, f"data.root={arrow_root}"]))
+    assert decoded_loaders[0].dataset.base.decoded and decoded_loaders[1].dataset.decoded
+    for decoded_loader, encoded_loader in zip(decoded_loaders, encoded_loaders):
+        pairs = list(zip(decoded_loader, encoded_loader))
+        assert len(pairs) == len(encoded_loader) > 0
+        for (d_images, d_masks), (e_images, e_masks) in pairs:
+            assert _batches_equal(d_images, e_images) and _batches_equal(d_masks, e_masks)
+    train_batches = list(decoded_loaders[0])
+    assert len(train_batches) == 12 // 3
+    for images, masks in train_batches:
+        assert images.dtype == masks.dtype == torch.uint8
+        assert images.shape == (3, 3, 32, 48) and masks.shape == (3, 32, 48)
+
+
+def test_bad_decoded_rows_are_named(decoded_root, tmp_path, capsys):
+    val = datasets.load_from_disk(str(decoded_root))["val"]
+    columns = val.to_dict()
+    columns["image"][1] = columns["image"][1][:-1]  # one byte short
+    columns["width"][3] = None
+    datasets.DatasetDict({"val": datasets.Dataset.from_dict(columns, features=val.features)}).save_to_disk(
+        str(tmp_path / "bad"))
+    bad = load_arrow(tmp_path / "bad", "val")
+    assert torch.equal(bad[0][0], load_arrow(decoded_root, "val")[0][0])
+    expected = columns["height"][1] * columns["width"][1] * 3
+    with pytest.raises(DataError, match=rf"row 1 \(val_00001\) image: {expected - 1} bytes, expected {expected}.*"
+                                        r"fcn-data prepare --decoded"):
+        bad[1]
+    with pytest.raises(DataError, match=r"row 3 \(val_00003\): height \d+ and width None"):
+        bad[3]
+    assert data_cli(["check", "--data-root", str(tmp_path / "bad")]) == 1
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "row 1 (val_00001) image" in lines[0] and "row 3 (val_00003)" in lines[1]
+    assert data_cli(["check", "--data-root", str(decoded_root)]) == 0
+    with pytest.raises(DataError, match=r"row 0 \(val_00000\) mask: mask values .* outside 0..2"):
+        load_arrow(decoded_root, "val", num_classes=3)[0]
+
+    no_sizes = datasets.DatasetDict({"val": val.remove_columns(["height", "width"])})
+    no_sizes.save_to_disk(str(tmp_path / "no_sizes"))
+    with pytest.raises(DataError, match="raw pixels, which need .*height and width columns"):
+        load_arrow(tmp_path / "no_sizes", "val")
 
 
 def _hub_rows(voc: Path, split: str) -> list[dict]:

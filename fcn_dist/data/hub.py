@@ -3,26 +3,36 @@ image-segmentation dataset (``data.format=hub``).
 
 ``prepare_arrow`` (``fcn-data prepare``) converts VOCdevkit splits into a ``DatasetDict`` saved
 with ``save_to_disk``. Columns: ``name`` (image id), ``height``, ``width`` (so the d2l filter
-reads no pixels), ``image`` and ``mask`` (``datasets.Image``, the original JPEG and PNG bytes,
-verbatim: labels stay the exact palette indices, and readers decode through the same code as the
-VOCdevkit reader). ``load_from_disk`` memory-maps it, so every process on a node shares one page
-cache instead of holding its own copy.
+reads no pixels), ``image`` and ``mask`` in one of two forms:
 
-Storage form, chosen by measurement (``/tmp`` script, 200 synthetic VOC-sized images of up to
-500x375, one process, one thread, 2 shared CPU cores, page cache warm):
+- encoded (the default): ``datasets.Image`` columns holding the original JPEG and PNG bytes,
+  verbatim: labels stay the exact palette indices, and readers decode through the same code as
+  the VOCdevkit reader.
+- decoded (``--decoded``): ``datasets.Value("binary")`` columns holding the validated pixels,
+  uint8 ``H*W*3`` bytes in HWC order and ``H*W`` palette indices (255 kept), shaped back by
+  ``height`` and ``width`` without decoding.
 
-=============================  ==============  ==========================
-column form                    bytes on disk   read + decode, per image
-=============================  ==============  ==========================
-encoded JPEG/PNG bytes (used)  45 KiB/image    1.50 ms  (665 images/s)
-decoded uint8 pixels           537 KiB/image   0.07 ms  (14,950 images/s)
-=============================  ==============  ==========================
+``load_from_disk`` memory-maps either, so every process on a node shares one page cache instead
+of holding its own copy. ``ArrowSegmentation`` reads both and gives identical items.
 
-Decoded pixels are 12x larger here (synthetic JPEGs compress better than photos). For VOC+SBD
-(12,031 images of ~500x375) decoded pixels need ~6.2 GiB of page cache per node; encoded, an
-estimated ~1.4 GB (VOC's JPEGs average roughly 110 KB: 17,125 of them in the 1.9 GB trainval tar).
-Decoding saves ~1.4 ms per image, small next to the train preset itself (7.7 ms per
-500x375 sample, of which 2.0 ms is decoding, same machine). So the columns hold the encoded files.
+Measured 2026-11-24 (``/tmp`` script, 200 synthetic images of up to 500 px, 139k pixels on average,
+``ArrowSegmentation.__getitem__``, one process, one thread, 2-core AMD EPYC shared with other work,
+page cache warm, median of 5 passes; runs vary by ~10%):
+
+=======================  ==============  =========================
+form                     bytes on disk   read, per image
+=======================  ==============  =========================
+encoded (default)        45.5 KiB/image  1.41 ms  (710 images/s)
+decoded (``--decoded``)  545 KiB/image   0.15 ms  (6,500 images/s)
+=======================  ==============  =========================
+
+A decoded read is the row (0.05 ms), the mask value check (0.04 ms) and the copy into tensors
+(0.04 ms). Decoded pixels take 4 bytes per pixel, 12x the encoded size here (synthetic JPEGs
+compress better than photos); for VOC+SBD (12,031 images of up to 500x375) up to 8.4 GiB of page
+cache per node, against an estimated ~1.4 GB encoded (VOC's JPEGs average roughly 110 KB). The
+default stays encoded: small, and fine for any dataset size. ``--decoded`` saves ~1.3 ms of CPU per
+image where decoding is the bottleneck (CPU-bound loaders, few CPU cores per GPU), at the price of
+that larger page cache.
 
 ``data.format=hub`` loads ``data.hub_name`` (a ``save_to_disk`` folder, a parquet file or folder,
 or a hub dataset name) and reads ``data.hub_image_column`` and ``data.hub_mask_column``; masks
@@ -48,31 +58,35 @@ SPLIT_ALIASES = {"val": ("validation", "valid"), "validation": ("val",), "valid"
 """Other names under which a split may be stored (hub sets often say validation)."""
 
 
-def _features():
+def _features(decoded: bool):
     import datasets
 
+    pixels = datasets.Value("binary") if decoded else datasets.Image()
     return datasets.Features({
         "name": datasets.Value("string"), "height": datasets.Value("int32"), "width": datasets.Value("int32"),
-        "image": datasets.Image(), "mask": datasets.Image(),
+        "image": pixels, "mask": pixels,
     })
 
 
-def _voc_rows(voc_root: Path, split: str, num_classes: int, progress: bool):
+def _voc_rows(voc_root: Path, split: str, num_classes: int, progress: bool, decoded: bool):
     """Rows of one split, each sample validated (decoded once) before it is written."""
     from tqdm.auto import tqdm
 
     masks = mask_dir(voc_root, split)
     for name in tqdm(read_split(voc_root, split), desc=f"prepare {split}", unit="img", disable=not progress):
         image_path, mask_path = voc_root / "JPEGImages" / f"{name}.jpg", masks / f"{name}.png"
-        image, _ = load_pair(image_path, mask_path, (str(image_path), str(mask_path)), num_classes)
-        yield {"name": name, "height": image.shape[1], "width": image.shape[2],
-               "image": {"bytes": image_path.read_bytes(), "path": None},
-               "mask": {"bytes": mask_path.read_bytes(), "path": None}}
+        image, mask = load_pair(image_path, mask_path, (str(image_path), str(mask_path)), num_classes)
+        if decoded:  # the validated arrays themselves: HWC image (the tensor is a view of it), HW mask
+            pixels = {"image": image.permute(1, 2, 0).numpy().tobytes(), "mask": mask.numpy().tobytes()}
+        else:
+            pixels = {"image": {"bytes": image_path.read_bytes(), "path": None},
+                      "mask": {"bytes": mask_path.read_bytes(), "path": None}}
+        yield {"name": name, "height": image.shape[1], "width": image.shape[2], **pixels}
 
 
 def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
                   splits: Sequence[str] = ("train", "val"), num_classes: int = len(VOC_CLASSES),
-                  progress: bool = False) -> Path:
+                  progress: bool = False, decoded: bool = False) -> Path:
     """Convert VOCdevkit splits into an Arrow ``DatasetDict`` on disk.
 
     Every sample is validated first (the same checks as the reader), so a prepared dataset
@@ -84,6 +98,9 @@ def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.Path
         splits: split names (train_aug reads SBD's SegmentationClassAug masks).
         num_classes: number of classes masks may use.
         progress: show tqdm bars.
+        decoded: store raw uint8 pixels (``image`` H*W*3 bytes in HWC order, ``mask`` H*W palette
+            indices) as binary columns instead of the JPEG/PNG files: no decoding when read, about
+            12x the disk and page cache.
 
     Returns:
         ``out_dir``, readable with ``datasets.load_from_disk`` and ``data.format=arrow``.
@@ -107,10 +124,13 @@ def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.Path
         for split in splits:
             read_split(voc, split)  # a missing or empty split fails here, before any conversion
             try:
+                # record batches of 100 rows, as datasets does for Image columns: 1000 rows of raw
+                # pixels (its default for binary columns) overflow a batch's 2 GiB above ~0.7 Mpx
                 parts[split] = datasets.Dataset.from_generator(
-                    _voc_rows, features=_features(), cache_dir=str(work / "cache"),
-                    gen_kwargs={"voc_root": voc, "split": split, "num_classes": num_classes, "progress": progress},
-                    split=datasets.NamedSplit(split))
+                    _voc_rows, features=_features(decoded), cache_dir=str(work / "cache"),
+                    gen_kwargs={"voc_root": voc, "split": split, "num_classes": num_classes, "progress": progress,
+                                "decoded": decoded},
+                    split=datasets.NamedSplit(split), writer_batch_size=100)
             except datasets.exceptions.DatasetGenerationError as err:
                 if isinstance(err.__cause__, DataError):  # datasets wraps our error: show it, it names the file
                     raise err.__cause__ from None
@@ -131,12 +151,25 @@ def _encoded(value, name: str):
     raise DataError(f"{name}: empty image cell; every row needs an image and a mask")
 
 
+def _pixels(data: Optional[bytes], shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A raw pixel cell as a read-only uint8 array of ``shape`` (``to_tensors`` copies it once)."""
+    expected = int(np.prod(shape))
+    if data is None or len(data) != expected:
+        got = "no pixels" if data is None else f"{len(data)} bytes"
+        raise DataError(f"{name}: {got}, expected {expected} ({'x'.join(map(str, shape))} uint8); the row is "
+                        f"corrupt: re-create the dataset with `fcn-data prepare --decoded`")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+
+
 class ArrowSegmentation(torch.utils.data.Dataset):
     """A ``datasets.Dataset`` with an image column and a mask column, read lazily.
 
     Images must be a ``datasets.Image`` column; masks an Image column (palette, grayscale or
     VOC-coloured RGB PNGs) or a 2-D integer array column. Cells are decoded by the VOC
-    reader's code, so values, errors and tensor types are the same.
+    reader's code, so values, errors and tensor types are the same. The decoded form of
+    ``prepare_arrow`` (image and mask ``Value("binary")`` columns of raw uint8 HWC and HW pixels,
+    shaped by the ``height`` and ``width`` columns; ``self.decoded`` is then True) is read
+    without decoding, its masks checked the same way.
 
     Args:
         table: the split, memory-mapped (``load_from_disk`` / ``load_dataset``).
@@ -158,9 +191,16 @@ class ArrowSegmentation(torch.utils.data.Dataset):
             if column not in table.column_names:
                 raise DataError(f"{source}: no column {column!r} (columns: {', '.join(table.column_names)}); "
                                 f"set {key}")
-        if not isinstance(table.features[self.image_column], datasets.Image):
+        raw = datasets.Value("binary")
+        self.decoded = table.features[self.image_column] == raw
+        if not self.decoded and not isinstance(table.features[self.image_column], datasets.Image):
             raise DataError(f"{source}: column {self.image_column!r} is {table.features[self.image_column]}, "
                             f"not an Image column; set data.hub_image_column to the image column")
+        if self.decoded and (table.features[self.mask_column] != raw
+                             or not {"height", "width"} <= set(table.column_names)):
+            raise DataError(f"{source}: column {self.image_column!r} holds raw pixels, which need a binary "
+                            f"{self.mask_column!r} column and height and width columns; re-create the dataset "
+                            f"with `fcn-data prepare --decoded`")
         if len(table) == 0:
             raise DataError(f"{source}: the split is empty")
         keep = [c for c in ("name", "height", "width") if c in table.column_names and c not in columns]
@@ -177,10 +217,23 @@ class ArrowSegmentation(torch.utils.data.Dataset):
     def _name(self, index: int, row: dict) -> str:
         return f"{self.source} row {index}" + (f" ({row['name']})" if "name" in row else "")
 
+    def _raw_pair(self, row: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Image (H, W, 3) and checked mask (H, W) of a decoded-form row, read-only views of its cells."""
+        height, width = row["height"], row["width"]
+        if height is None or width is None or height <= 0 or width <= 0:
+            raise DataError(f"{name}: height {height} and width {width} cannot shape its raw pixels; re-create "
+                            f"the dataset with `fcn-data prepare --decoded`")
+        image = _pixels(row[self.image_column], (height, width, 3), f"{name} image")
+        mask = _pixels(row[self.mask_column], (height, width), f"{name} mask")
+        return image, check_mask_values(mask, f"{name} mask", self.num_classes)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns image uint8 (3, H, W) and mask uint8 (H, W) with 255 kept."""
         row = self.table[int(index)]
         name = self._name(index, row)
+        if self.decoded:
+            image, mask = self._raw_pair(row, name)
+            return to_tensors(image, mask, f"{name} mask")
         image = decode_image(_encoded(row[self.image_column], name), f"{name} image")
         cell = row[self.mask_column]
         if isinstance(cell, dict):
@@ -208,13 +261,15 @@ class ArrowSegmentation(torch.utils.data.Dataset):
             row = self.table[index]
             name = self._name(index, row)
             try:
-                image_src = _encoded(row[self.image_column], name)
-                if isinstance(row[self.mask_column], dict):
-                    problems += check_sample(image_src, _encoded(row[self.mask_column], name),
+                if self.decoded:
+                    self._raw_pair(row, name)
+                elif isinstance(row[self.mask_column], dict):
+                    problems += check_sample(_encoded(row[self.image_column], name),
+                                             _encoded(row[self.mask_column], name),
                                              (f"{name} image", f"{name} mask"), self.num_classes)
                 else:
                     self[index]
-            except DataError as err:  # a row-level problem (empty cell, bad array mask): report it, go on
+            except DataError as err:  # a row-level problem (empty cell, bad array mask, wrong pixel count): go on
                 problems.append(str(err))
         return problems
 
