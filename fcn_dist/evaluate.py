@@ -39,7 +39,7 @@ from .checkpoint import CheckpointError, load_model
 from .config import ConfigError, DataConfig
 from .data import list_collate
 from .data.voc import VOC_CLASSES, DataError
-from .inference import InferenceOptions, add_inference_args, infer_logits, options_from_args
+from .inference import InferenceOptions, add_inference_args, infer_logits, model_from_args, options_from_args
 from .metrics import compute_scores, confusion_matrix
 
 WANDB_EXAMPLES = 4
@@ -318,8 +318,7 @@ def _log_wandb(accelerator: Accelerator, args: argparse.Namespace, result: EvalR
 
 def _run(args: argparse.Namespace, accelerator: Accelerator) -> None:
     model, info = load_model(args.checkpoint, device=accelerator.device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = model_from_args(model, args)
     loader = accelerator.prepare(_build_loader(args, info.classes))
     result = evaluate(model, loader, accelerator, len(info.classes), info.mean, info.std,
                       mode=options_from_args(args), num_examples=WANDB_EXAMPLES if args.wandb else 0,

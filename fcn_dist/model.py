@@ -21,6 +21,7 @@ This module knows nothing about processes, logging or files other than weights.
 
 from __future__ import annotations
 
+import copy
 import urllib.error
 from collections import OrderedDict
 from pathlib import Path
@@ -186,6 +187,41 @@ def upsample_by_pixel_shuffle(x: torch.Tensor, layer: nn.ConvTranspose2d) -> tor
     phases = F.conv2d(x, weight, bias, padding=1)  # (B, C_out*s*s, h+1, w+1)
     p = s // 2
     return F.pixel_shuffle(phases, s)[..., p:p + s * x.shape[-2], p:p + s * x.shape[-1]]
+
+
+def fold_batch_norms(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with each BatchNorm2d folded into the convolution before it.
+
+    ``bn(conv(x))`` in eval mode is an affine map per channel, so it folds into the
+    convolution's weight and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``); the BatchNorm
+    becomes ``nn.Identity``. Same function up to float rounding (fp32: ~4e-5 on logits of
+    magnitude ~10), one pass over each activation less: forward only, bf16, channels_last,
+    one 384x512 image on the 2-core EPYC, 19.2 against 18.5 images/s with autocast (10 interleaved
+    rounds; 20.6 with the weights also cast to bf16).
+
+    Pairs are found by registration order: a BatchNorm2d registered directly after a Conv2d
+    in the same parent with matching channels, as torchvision's ResNets register them and call
+    them (stem, every block, every downsample). ``torch.fx``'s ``fuse`` cannot be used because
+    ``FCN.forward`` pads by the input's shape, which symbolic tracing does not follow.
+
+    Args:
+        model: an FCN (or any module); not modified.
+
+    Returns:
+        A deep copy in eval mode; train it no further (its BatchNorms are gone).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    fused = copy.deepcopy(model).eval()
+    for parent in fused.modules():
+        names = list(parent._modules)
+        for prev, name in zip(names, names[1:]):
+            conv, bn = parent._modules[prev], parent._modules[name]
+            if (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                    and bn.num_features == conv.out_channels and bn.track_running_stats):
+                parent._modules[prev] = fuse_conv_bn_eval(conv, bn)
+                parent._modules[name] = nn.Identity()
+    return fused
 
 
 def _zero_conv(in_channels: int, num_classes: int) -> nn.Conv2d:

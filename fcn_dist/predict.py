@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import CheckpointError, load_model
 from .data.voc import VOC_PALETTE, DataError, decode_image
-from .inference import InferenceOptions, add_inference_args, infer_logits, options_from_args
+from .inference import InferenceOptions, add_inference_args, infer_logits, model_from_args, options_from_args
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 OVERLAY_ALPHA = 0.5
@@ -163,8 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
     try:
         model, info = load_model(args.checkpoint, device)
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = model_from_args(model, args)
         paths = collect_images(args.inputs)
     except (CheckpointError, DataError) as err:
         print(f"fcn-predict: error: {err}", file=sys.stderr)

@@ -8,7 +8,9 @@ from accelerate import Accelerator
 from eval_helpers import MODEL_CFG, REPO, make_checkpoint, make_voc, random_images, run_torchrun, tiny_model
 from PIL import Image
 
-from fcn_dist.checkpoint import export_model
+from fcn_dist.checkpoint import export_model, load_model
+from fcn_dist.config import DataConfig
+from fcn_dist.data import build_dataset
 from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from fcn_dist.data.voc import VOC_CLASSES
 from fcn_dist.data import list_collate
@@ -117,6 +119,23 @@ def test_cli_torchrun_two_processes_equals_one_process(tmp_path, data, capsys):
     assert b["num_images"] == a["num_images"] == 5
     assert b["confusion_matrix"] == a["confusion_matrix"]
     assert b == a
+
+
+def test_cli_fold_bn_changes_float_rounding_only(tmp_path, data, capsys):
+    ckpt, root = data
+    cms = {}
+    for flags in (["--no-fold-bn", "--no-channels-last"], []):
+        out = tmp_path / f"{len(flags)}.json"
+        code, _, _ = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", out, "--num-workers", "0",
+                               *flags], capsys)
+        assert code == 0
+        cms[len(flags)] = torch.tensor(json.loads(out.read_text())["confusion_matrix"])
+    model, info = load_model(ckpt)
+    val = build_dataset(DataConfig(root=str(root)), "val", train=False)
+    expected = sum(confusion_matrix(predict_image(model, info, image), mask, 21) for image, mask in val)
+    assert torch.equal(cms[2], expected)  # unfolded: exactly the checkpoint's model
+    moved = int((cms[0] - expected).abs().sum()) // 2  # pixels whose prediction changed
+    assert cms[0].sum() == expected.sum() and moved <= 0.002 * int(expected.sum())
 
 
 def test_cli_writes_design_json_png_and_table(tmp_path, data, capsys):

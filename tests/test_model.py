@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fcn_dist import ModelConfig, build_model
-from fcn_dist.model import PretrainedWeightsError, bilinear_kernel
+from fcn_dist.model import PretrainedWeightsError, bilinear_kernel, fold_batch_norms
 
 
 def _seed_net(num_classes: int = 21) -> nn.Sequential:
@@ -158,3 +158,30 @@ def test_imagenet_uses_the_torch_home_cache(tmp_path, monkeypatch):
     torch.save(resnet.state_dict(), cache / "resnet18-f37072fd.pth")
     model = build_model(ModelConfig(pretrained="imagenet"))
     assert torch.equal(model.backbone.layer4[1].conv2.weight, resnet.layer4[1].conv2.weight)
+
+
+@pytest.mark.parametrize("arch,backbone", [("fcn32s", "resnet18"), ("fcn8s", "resnet50")])
+def test_folded_batch_norms_give_the_same_logits(arch, backbone):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, backbone=backbone, pretrained="none"))
+    with torch.no_grad():  # trained-looking statistics, so that a missed or wrong fold shows
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+        for m in model.modules():  # non-zero skip scores, so fcn8s's skip paths count too
+            if isinstance(m, nn.Conv2d) and m.weight.abs().sum() == 0:
+                m.weight.normal_(0, 0.01)
+    model.train()
+    fused = fold_batch_norms(model)
+    assert model.training  # the original is left alone
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert not fused.training
+    x = torch.randn(2, 3, 70, 100)
+    with torch.no_grad():
+        expected = model.eval()(x)
+        got = fused(x)
+    assert got.shape == expected.shape == (2, 21, 70, 100)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
