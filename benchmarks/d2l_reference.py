@@ -14,8 +14,10 @@ benchmarks compare fcn_dist with what the seed actually does:
   summed over the batch, SGD, and the accuracy of every batch read back with ``float()`` (a
   host sync per step), as d2l's ``Accumulator`` does;
 - ``predict``: normalise, forward, argmax, one image at a time, on the top-left 320x480 crop
-  of each image (d2l's chapter crops test images that way; the tiles of the seed's prose are
-  not in d2l's code). Like d2l it runs with autograd on.
+  of each image (d2l's chapter crops test images that way). Like d2l it runs with autograd on.
+- ``predict_tiled``: the seed's prose method for whole images of any size (tiles with sides
+  multiple of 32 covering the image, overlapping logits averaged), which d2l describes but
+  does not code; written here in the style of ``predict``.
 
 Differences, all neutral for speed: no ``print`` in ``VOCSegDataset.__init__``, the VOC folder
 is passed in instead of downloaded, ``nn.DataParallel`` is left out (on a CPU it calls the
@@ -193,3 +195,32 @@ def predict(net, normalize_image, img: torch.Tensor, device) -> torch.Tensor:
 def predict_crop(img: torch.Tensor, crop_size: tuple[int, int] = (320, 480)) -> torch.Tensor:
     """The top-left ``crop_size`` window d2l predicts on (zero-padded where the image is smaller)."""
     return torchvision.transforms.functional.crop(img, 0, 0, *crop_size)
+
+
+def predict_tiled(net, normalize_image, img: torch.Tensor, device, tile: tuple[int, int] = (320, 480),
+                  num_classes: int = 21) -> torch.Tensor:
+    """The seed's prose method for a whole image of any size, written in d2l's style.
+
+    "Cut several rectangles whose height and width are multiples of 32, whose union covers
+    the image; forward each; where a pixel is covered several times, average its transposed-conv
+    outputs before the softmax." Rectangles are the chapter's 320x480 crop, shrunk to the
+    largest multiple of 32 that fits a smaller side, placed every tile (the last one flush with
+    the border), so a 375x500 image takes 2x2 of them. Autograd on, one tile at a time, as
+    ``predict``.
+
+    Returns:
+        (H, W) class map of the whole image.
+    """
+    h, w = img.shape[1:]
+    th, tw = min(tile[0], h // 32 * 32), min(tile[1], w // 32 * 32)
+    ys = sorted(set(list(range(0, h - th, th)) + [h - th]))
+    xs = sorted(set(list(range(0, w - tw, tw)) + [w - tw]))
+    X = normalize_image(img).unsqueeze(0).to(device)
+    logits = torch.zeros((1, num_classes, h, w), device=device)
+    count = torch.zeros((1, 1, h, w), device=device)
+    for y in ys:
+        for x in xs:
+            logits[:, :, y:y + th, x:x + tw] += net(X[:, :, y:y + th, x:x + tw]).float()
+            count[:, :, y:y + th, x:x + tw] += 1
+    pred = (logits / count).argmax(dim=1)
+    return pred.reshape(h, w)

@@ -21,8 +21,10 @@ Sections (see ``benchmarks/README.md`` for how to read them):
   the device) and end to end (the loader feeding the step): fcn_dist at fp32/bf16, channels_last
   on/off, ``torch.compile`` on/off, against d2l's ``train_ch13`` step in fp32. The variants are
   interleaved round by round and medians reported, because other work may share the machine.
-- ``eval``: images/s and megapixels/s of fcn_dist's ``evaluate`` (whole images) against d2l's
-  ``predict`` loop (top-left 320x480 crops, one image at a time), fp32 and bf16.
+- ``eval``: images/s and megapixels/s of fcn_dist's ``evaluate`` (whole images, BatchNorms
+  folded as ``fcn-eval`` does) against d2l's ``predict`` loop on the top-left 320x480 crop of
+  each image (``d2l``) and on the seed's tiles covering each whole image (``d2l_tiled``), one
+  image at a time, fp32 and bf16.
 
 Benchmarks report; they never pass or fail on a figure. The exit code is 1 when a case
 crashed (its error is in the JSON and the table), 0 otherwise.
@@ -73,7 +75,7 @@ class Sizes:
 
 
 FULL = Sizes(data_sizes=(200, 2000), bench_val=40, max_side=500, crop=(320, 480), batch=8, data_batches=40,
-             warmup=2, steps=3, rounds=4, e2e_steps=16, eval_rounds=2, child_timeout_s=3600)
+             warmup=2, steps=3, rounds=4, e2e_steps=16, eval_rounds=3, child_timeout_s=3600)
 QUICK = Sizes(data_sizes=(8, 16), bench_val=3, max_side=128, crop=(64, 96), batch=2, data_batches=2,
               warmup=1, steps=1, rounds=1, e2e_steps=2, eval_rounds=1, child_timeout_s=300)
 
@@ -175,13 +177,25 @@ def _cycle(make_loader):
         yield from make_loader()
 
 
-def fcn_loader(spec: dict, num_workers: int, data_format: str, root: str):
+FCN_LOADERS = {  # name: (data.format, root key of the data set, data.preset)
+    "fcn_voc": ("voc", "voc_root", "train"),
+    "fcn_arrow": ("arrow", "arrow_root", "train"),
+    "fcn_arrow_decoded": ("arrow", "decoded_root", "train"),
+    "fcn_arrow_decoded_d2l_preset": ("arrow", "decoded_root", "d2l"),
+}
+"""fcn_dist's loaders in the data section. The train preset (random scale 0.5-2, padded crop,
+flip, every image) does more work than d2l's loader; the d2l preset (plain crop, images
+smaller than the crop dropped) does the same work as d2l's, for an equal-work comparison."""
+
+
+def fcn_loader(spec: dict, num_workers: int, data_format: str, root: str, preset: str = "train"):
     """fcn_dist's train loader for a benchmark case, built by ``build_dataloaders``."""
     from fcn_dist.data import build_dataloaders
 
     crop_h, crop_w = spec["crop"]
     cfg = _config([f"data.format={data_format}", f"data.root={root}", f"data.num_workers={num_workers}",
-                   f"data.batch_size={spec['batch']}", f"data.crop_size=[{crop_h},{crop_w}]"])
+                   f"data.batch_size={spec['batch']}", f"data.crop_size=[{crop_h},{crop_w}]",
+                   f"data.preset={preset}"])
     return build_dataloaders(cfg)[0]
 
 
@@ -210,18 +224,37 @@ def child_baseline(spec: dict) -> dict:
     return {"memory": tree_memory(os.getpid())}
 
 
+def warm_page_cache(root: str) -> int:
+    """Read every file under ``root`` once, so timings see the page cache a second epoch sees.
+
+    This VM reclaims cold page cache within minutes (DAMON: ``buff/cache`` stayed ~350 MiB
+    after writing 1.3 GiB of data sets), so a data set written minutes before the case is read
+    from disk again: 4.6 ms against 0.15 ms per decoded image (first and second random pass over
+    400 images of the 2,000-image set). Returns the bytes read.
+    """
+    total = 0
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file():
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    total += len(chunk)
+    return total
+
+
 def child_data(spec: dict) -> dict:
-    """Start-up, steady-state images/s and memory of one train loader."""
+    """Start-up, steady-state images/s and memory of one train loader (page cache warm)."""
     import torch
 
     torch.set_num_threads(spec["threads"])
+    root = spec["voc_root"] if spec["loader"] == "d2l" else spec[FCN_LOADERS[spec["loader"]][1]]
+    warm_page_cache(root)
     t0 = time.perf_counter()
     if spec["loader"] == "d2l":
         dataset = d2l_dataset(spec, spec["voc_root"])
         loader = d2l_loader(spec, dataset, spec["workers"])
     else:
-        root = spec["arrow_root"] if spec["loader"] == "fcn_arrow" else spec["voc_root"]
-        loader = fcn_loader(spec, spec["workers"], "arrow" if spec["loader"] == "fcn_arrow" else "voc", root)
+        data_format, _, preset = FCN_LOADERS[spec["loader"]]
+        loader = fcn_loader(spec, spec["workers"], data_format, root, preset)
     batches = _cycle(lambda: iter(loader))
     next(batches)
     startup = time.perf_counter() - t0
@@ -394,8 +427,8 @@ def child_train_e2e(spec: dict) -> dict:
             if variant["impl"] == "d2l":
                 loader = d2l_loader(spec, d2l_train, spec["workers"])
             else:
-                loader = fcn_loader(spec, spec["workers"], spec["e2e_format"],
-                                    spec["arrow_root"] if spec["e2e_format"] == "arrow" else spec["voc_root"])
+                data_format, root_key, _ = FCN_LOADERS[f"fcn_{spec['e2e_format']}"]
+                loader = fcn_loader(spec, spec["workers"], data_format, spec[root_key])
 
             def step(batch, variant=variant, name=name):
                 if variant["impl"] == "d2l":
@@ -418,8 +451,12 @@ def child_train_e2e(spec: dict) -> dict:
     return {"variants": results}
 
 
+EVAL_PIPELINES = ("fcn_dist", "d2l", "d2l_tiled")
+"""fcn_dist's evaluate (whole images); d2l's predict (top-left 320x480 crop); the seed's tiles (whole images)."""
+
+
 def child_eval(spec: dict) -> dict:
-    """fcn_dist ``evaluate`` on the val split against d2l's ``predict`` loop on the same images."""
+    """fcn_dist ``evaluate`` on the val split against d2l's ``predict`` loops on the same images."""
     import torch
     from accelerate import Accelerator
 
@@ -427,7 +464,7 @@ def child_eval(spec: dict) -> dict:
     from fcn_dist.data import build_dataloaders
     from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from fcn_dist.evaluate import evaluate
-    from fcn_dist.model import build_model
+    from fcn_dist.model import build_model, fold_batch_norms
 
     torch.set_num_threads(spec["threads"])
     precision = spec["precision"]
@@ -437,7 +474,8 @@ def child_eval(spec: dict) -> dict:
                    "data.eval_batch_size=1", f"data.batch_size={spec['batch']}",
                    f"data.crop_size=[{spec['crop'][0]},{spec['crop'][1]}]"])
     val_loader = build_dataloaders(cfg)[1]
-    model = build_model(cfg.model).to(device).to(memory_format=torch.channels_last)
+    # what fcn-eval runs by default: BatchNorms folded, channels_last
+    model = fold_batch_norms(build_model(cfg.model)).to(device).to(memory_format=torch.channels_last)
     net, _ = _d2l_model(device)
     net.eval()  # train_ch13 ends with evaluate_accuracy_gpu, which leaves the net in eval mode
     test_images, _ = d2l_reference.read_voc_images(str(Path(spec["voc_root"]) / "VOCdevkit" / "VOC2012"), False)
@@ -446,26 +484,29 @@ def child_eval(spec: dict) -> dict:
     def run_fcn():
         return evaluate(model, val_loader, accelerator, 21, IMAGENET_MEAN, IMAGENET_STD, mode="whole")
 
-    def run_d2l():
+    def run_d2l(predict_fn, images):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            for crop in crops:
-                d2l_reference.predict(net, d2l_reference.normalize_image, crop, device)
+            for img in images:
+                predict_fn(net, d2l_reference.normalize_image, img, device)
 
-    run_fcn()  # warm-up: kernel selection for each image size
-    run_d2l()
-    times = {"fcn_dist": [], "d2l": []}
+    runs = {"fcn_dist": run_fcn,
+            "d2l": functools.partial(run_d2l, d2l_reference.predict, crops),
+            "d2l_tiled": functools.partial(run_d2l, d2l_reference.predict_tiled, test_images)}
+    for fn in runs.values():  # warm-up: kernel selection for each image size
+        fn()
+    times = {name: [] for name in runs}
     for r in range(spec["eval_rounds"]):
-        for name, fn in (("fcn_dist", run_fcn), ("d2l", run_d2l)) if r % 2 == 0 else (("d2l", run_d2l),
-                                                                                        ("fcn_dist", run_fcn)):
+        names = list(runs) if r % 2 == 0 else list(reversed(runs))
+        for name in names:
             _sync(device)
             t0 = time.perf_counter()
-            fn()
+            runs[name]()
             _sync(device)
             times[name].append(time.perf_counter() - t0)
     n = len(test_images)
-    fcn_pixels = sum(img.shape[1] * img.shape[2] for img in test_images)
+    whole_pixels = sum(img.shape[1] * img.shape[2] for img in test_images)
     out = {}
-    for name, pixels in (("fcn_dist", fcn_pixels), ("d2l", n * 320 * 480)):
+    for name, pixels in (("fcn_dist", whole_pixels), ("d2l", n * 320 * 480), ("d2l_tiled", whole_pixels)):
         seconds = statistics.median(times[name])
         out[name] = {"images": n, "seconds": seconds, "images_per_s": n / seconds,
                      "megapixels_per_s": pixels / seconds / 1e6, "times": times[name]}
@@ -484,7 +525,7 @@ def prepare_data(work: Path, sizes: Sizes, need: set[str]) -> dict:
     """Synthetic VOC sets (and their Arrow copies) for every size a section needs.
 
     Returns:
-        {train size: {"voc_root": str, "arrow_root": str}}; the smallest set has ``bench_val``
+        {train size: {"voc_root": str, "arrow_root": str, "decoded_root": str}}; the smallest set has ``bench_val``
         val images and feeds the train and eval sections.
     """
     from fcn_dist.data.hub import prepare_arrow
@@ -496,6 +537,7 @@ def prepare_data(work: Path, sizes: Sizes, need: set[str]) -> dict:
         val = sizes.bench_val if n == min(sizes.data_sizes) else 2
         voc_root = work / f"voc_{n}_{val}_{sizes.max_side}"
         arrow_root = work / f"arrow_{n}_{val}_{sizes.max_side}"
+        decoded_root = work / f"arrow_decoded_{n}_{val}_{sizes.max_side}"
         if not (voc_root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").is_file():
             _log(f"generating {n} + {val} synthetic images into {voc_root}")
             shutil.rmtree(voc_root, ignore_errors=True)
@@ -503,7 +545,10 @@ def prepare_data(work: Path, sizes: Sizes, need: set[str]) -> dict:
         if not arrow_root.is_dir():
             _log(f"converting {voc_root} to Arrow")
             prepare_arrow(voc_root, arrow_root)
-        sets[n] = {"voc_root": str(voc_root), "arrow_root": str(arrow_root)}
+        if not decoded_root.is_dir():
+            _log(f"converting {voc_root} to Arrow, decoded pixels")
+            prepare_arrow(voc_root, decoded_root, decoded=True)
+        sets[n] = {"voc_root": str(voc_root), "arrow_root": str(arrow_root), "decoded_root": str(decoded_root)}
     return sets
 
 
@@ -538,7 +583,7 @@ def run_data(sizes: Sizes, sets: dict, args) -> dict:
     baseline = run_child("baseline", base, sizes.child_timeout_s, args.threads)
     cases = []
     for n in sizes.data_sizes:
-        for loader in ("fcn_voc", "fcn_arrow", "d2l"):
+        for loader in (*FCN_LOADERS, "d2l"):
             for workers in sorted({0, args.workers}):
                 _log(f"data: {loader}, {n} images, {workers} workers")
                 spec = {**base, **sets[n], "loader": loader, "workers": workers}
@@ -559,7 +604,7 @@ def data_ratios(cases: list[dict]) -> list[dict]:
         for workers in sorted({c["workers"] for c in ok}):
             group = [c for c in ok if c["dataset_images"] == n and c["workers"] == workers]
             d2l = [c for c in group if c["loader"] == "d2l"]
-            fcn = [c for c in group if c["loader"] != "d2l"]
+            fcn = [c for c in group if FCN_LOADERS.get(c["loader"], ("", "", ""))[2] == "train"]
             if not d2l or not fcn:
                 continue
             best = max(fcn, key=lambda c: c["images_per_s"])
@@ -567,10 +612,15 @@ def data_ratios(cases: list[dict]) -> list[dict]:
                            "ratio": best["images_per_s"] / d2l[0]["images_per_s"]})
             ratios.append({"pair": f"RssAnon sum, {n} images, {workers} workers: d2l / {best['loader']}",
                            "ratio": d2l[0]["memory"]["rss_anon_sum_mb"] / best["memory"]["rss_anon_sum_mb"]})
+            for c in group:
+                if FCN_LOADERS.get(c["loader"], ("", "", ""))[2] == "d2l":
+                    ratios.append({"pair": f"loader images/s, equal work, {n} images, {workers} workers: "
+                                           f"{c['loader']} / d2l",
+                                   "ratio": c["images_per_s"] / d2l[0]["images_per_s"]})
     counts = sorted({c["dataset_images"] for c in ok})
     if len(counts) >= 2:
         small, large = counts[0], counts[-1]
-        for loader in ("fcn_voc", "fcn_arrow", "d2l"):
+        for loader in (*FCN_LOADERS, "d2l"):
             for workers in sorted({c["workers"] for c in ok}):
                 pair = [next((c for c in ok if c["loader"] == loader and c["workers"] == workers
                               and c["dataset_images"] == k), None) for k in (small, large)]
@@ -659,15 +709,17 @@ def run_eval(sizes: Sizes, sets: dict, args) -> dict:
     ratios = []
     ok = [c for c in cases if "error" not in c]
     for c in ok:
-        ratios.append({"pair": f"eval images/s, {_precision(c['precision'])}: fcn_dist / d2l",
-                       "ratio": c["fcn_dist"]["images_per_s"] / c["d2l"]["images_per_s"]})
+        for ref in ("d2l", "d2l_tiled"):
+            ratios.append({"pair": f"eval images/s, {_precision(c['precision'])}: fcn_dist / {ref}",
+                           "ratio": c["fcn_dist"]["images_per_s"] / c[ref]["images_per_s"]})
         ratios.append({"pair": f"eval megapixels/s, {_precision(c['precision'])}: fcn_dist / d2l",
                        "ratio": c["fcn_dist"]["megapixels_per_s"] / c["d2l"]["megapixels_per_s"]})
     d2l_fp32 = next((c for c in ok if c["precision"] == "no"), None)
     fcn_bf16 = next((c for c in ok if c["precision"] == "bf16"), None)
     if d2l_fp32 and fcn_bf16:
-        ratios.append({"pair": "eval images/s: fcn_dist bf16 / d2l fp32",
-                       "ratio": fcn_bf16["fcn_dist"]["images_per_s"] / d2l_fp32["d2l"]["images_per_s"]})
+        for ref in ("d2l", "d2l_tiled"):
+            ratios.append({"pair": f"eval images/s: fcn_dist bf16 / {ref} fp32",
+                           "ratio": fcn_bf16["fcn_dist"]["images_per_s"] / d2l_fp32[ref]["images_per_s"]})
     return {"cases": cases, "ratios": ratios}
 
 
@@ -724,7 +776,7 @@ def render_markdown(results: dict) -> str:
             if "error" in c:
                 lines.append(f"| {_precision(c['precision'])} | error: {c['error'][:160]} | | | |")
                 continue
-            for name in ("fcn_dist", "d2l"):
+            for name in EVAL_PIPELINES:
                 r = c[name]
                 lines.append(f"| {_precision(c['precision'])} | {name} | {r['images']} | {_fmt(r['images_per_s'])} | "
                              f"{_fmt(r['megapixels_per_s'])} |")
@@ -759,7 +811,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads of the main process of every case (default: all cores)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the non-zero-worker cases")
-    parser.add_argument("--e2e-format", choices=("arrow", "voc"), default="arrow",
+    parser.add_argument("--e2e-format", choices=("arrow", "arrow_decoded", "voc"), default="arrow",
                         help="fcn_dist data format of the end-to-end training cases")
     parser.add_argument("--arch", default="fcn32s", help="fcn_dist model.arch of the training cases")
     parser.add_argument("--backbone", default="resnet18", help="fcn_dist model.backbone of the training cases")

@@ -43,14 +43,18 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
     data = results["data"]
     assert "main_rss_anon_mb" in data["baseline"]["memory"]
     cases = {(c["loader"], c["dataset_images"], c["workers"]) for c in data["cases"]}
-    assert cases == {(loader, n, w) for loader in ("fcn_voc", "fcn_arrow", "d2l") for n in (8, 16) for w in (0, 2)}
+    loaders = ("fcn_voc", "fcn_arrow", "fcn_arrow_decoded", "fcn_arrow_decoded_d2l_preset", "d2l")
+    assert cases == {(loader, n, w) for loader in loaders for n in (8, 16) for w in (0, 2)}
     for case in data["cases"]:
         assert case["startup_s"] > 0 and case["images_per_s"] > 0
         assert case["batch_dtype"] == ("torch.float32" if case["loader"] == "d2l" else "torch.uint8")
         assert case["memory"]["processes"] == 1 + case["workers"]
         assert {"rss_anon_sum_mb", "pss_sum_mb", "uss_sum_mb", "main_peak_rss_mb"} <= set(case["memory"])
-    fcn_cases = [c for c in data["cases"] if c["loader"] != "d2l"]
-    assert {c["usable_images"] for c in fcn_cases if c["dataset_images"] == 16} == {16}  # the train preset keeps all
+    train_preset = [c for c in data["cases"] if c["loader"] not in ("d2l", "fcn_arrow_decoded_d2l_preset")]
+    assert {c["usable_images"] for c in train_preset if c["dataset_images"] == 16} == {16}  # the train preset keeps all
+    d2l_usable = {c["usable_images"] for c in data["cases"] if c["loader"] == "d2l" and c["dataset_images"] == 16}
+    assert {c["usable_images"] for c in data["cases"]
+            if c["loader"] == "fcn_arrow_decoded_d2l_preset" and c["dataset_images"] == 16} == d2l_usable
 
     train = results["train"]
     assert {r["name"] for r in train["model_only"]} == MODEL_ONLY
@@ -68,8 +72,9 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
     evals = results["eval"]["cases"]
     assert [c["precision"] for c in evals] == ["no", "bf16"]
     for case in evals:
-        assert case["fcn_dist"]["images"] == case["d2l"]["images"] == 3
-        assert case["fcn_dist"]["images_per_s"] > 0 and case["d2l"]["images_per_s"] > 0
+        for name in ("fcn_dist", "d2l", "d2l_tiled"):
+            assert case[name]["images"] == 3 and case[name]["images_per_s"] > 0, name
+    assert any(r["pair"] == "eval images/s, fp32: fcn_dist / d2l_tiled" for r in results["eval"]["ratios"])
 
     markdown = (tmp_path / md_name).read_text()
     for heading in ("## Data loaders", "## Training step, model only", "## Training step, end to end",
@@ -88,11 +93,13 @@ def test_data_ratios_pick_the_faster_fcn_loader_at_equal_workers():
     cases = [_case("fcn_voc", 10, 0, 30.0, 100.0), _case("fcn_arrow", 10, 0, 60.0, 120.0),
              _case("d2l", 10, 0, 20.0, 480.0), _case("fcn_voc", 20, 0, 30.0, 100.0),
              _case("fcn_arrow", 20, 0, 40.0, 120.0), _case("d2l", 20, 0, 10.0, 960.0),
+             _case("fcn_arrow_decoded_d2l_preset", 10, 0, 100.0, 120.0),  # equal work: never the "best"
              {"loader": "d2l", "dataset_images": 20, "workers": 2, "error": "exit code 1"}]
     ratios = {r["pair"]: r["ratio"] for r in data_ratios(cases)}
     assert ratios == {
         "loader images/s, 10 images, 0 workers: fcn_arrow / d2l": 3.0,
         "RssAnon sum, 10 images, 0 workers: d2l / fcn_arrow": 4.0,
+        "loader images/s, equal work, 10 images, 0 workers: fcn_arrow_decoded_d2l_preset / d2l": 5.0,
         "loader images/s, 20 images, 0 workers: fcn_arrow / d2l": 4.0,
         "RssAnon sum, 20 images, 0 workers: d2l / fcn_arrow": 8.0,
         "RssAnon sum growth 10 -> 20 images: fcn_voc, 0 workers": 1.0,
