@@ -224,21 +224,19 @@ def child_baseline(spec: dict) -> dict:
     return {"memory": tree_memory(os.getpid())}
 
 
-def warm_page_cache(root: str) -> int:
+def warm_page_cache(root: str) -> None:
     """Read every file under ``root`` once, so timings see the page cache a second epoch sees.
 
     This VM reclaims cold page cache within minutes (DAMON: ``buff/cache`` stayed ~350 MiB
     after writing 1.3 GiB of data sets), so a data set written minutes before the case is read
     from disk again: 4.6 ms against 0.15 ms per decoded image (first and second random pass over
-    400 images of the 2,000-image set). Returns the bytes read.
+    400 images of the 2,000-image set).
     """
-    total = 0
     for path in sorted(Path(root).rglob("*")):
         if path.is_file():
             with open(path, "rb") as f:
-                while chunk := f.read(1 << 24):
-                    total += len(chunk)
-    return total
+                while f.read(1 << 24):
+                    pass
 
 
 def child_data(spec: dict) -> dict:
@@ -596,6 +594,11 @@ def _ok(case: dict) -> bool:
     return "error" not in case and case.get("status", "ok") == "ok"
 
 
+def _preset(loader: str):
+    """The data.preset of one of fcn_dist's loaders; None for d2l's."""
+    return FCN_LOADERS[loader][2] if loader in FCN_LOADERS else None
+
+
 def data_ratios(cases: list[dict]) -> list[dict]:
     """fcn_dist's faster loader against d2l at equal workers and size; memory growth with size."""
     ratios = []
@@ -604,7 +607,7 @@ def data_ratios(cases: list[dict]) -> list[dict]:
         for workers in sorted({c["workers"] for c in ok}):
             group = [c for c in ok if c["dataset_images"] == n and c["workers"] == workers]
             d2l = [c for c in group if c["loader"] == "d2l"]
-            fcn = [c for c in group if FCN_LOADERS.get(c["loader"], ("", "", ""))[2] == "train"]
+            fcn = [c for c in group if _preset(c["loader"]) == "train"]
             if not d2l or not fcn:
                 continue
             best = max(fcn, key=lambda c: c["images_per_s"])
@@ -613,7 +616,7 @@ def data_ratios(cases: list[dict]) -> list[dict]:
             ratios.append({"pair": f"RssAnon sum, {n} images, {workers} workers: d2l / {best['loader']}",
                            "ratio": d2l[0]["memory"]["rss_anon_sum_mb"] / best["memory"]["rss_anon_sum_mb"]})
             for c in group:
-                if FCN_LOADERS.get(c["loader"], ("", "", ""))[2] == "d2l":
+                if _preset(c["loader"]) == "d2l":
                     ratios.append({"pair": f"loader images/s, equal work, {n} images, {workers} workers: "
                                            f"{c['loader']} / d2l",
                                    "ratio": c["images_per_s"] / d2l[0]["images_per_s"]})
