@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fcn_dist.config import ConfigError, load_config
-from fcn_dist.data import build_dataloaders, class_names, list_collate
+from fcn_dist.data import build_dataloaders, class_names, crop_collate, list_collate
 from fcn_dist.data.voc import VOC_CLASSES, DataError, VOCSegmentation
 
 
@@ -33,6 +33,38 @@ def test_train_loader_options(synthetic_voc):
     assert images.dtype == masks.dtype == torch.uint8
     zero_workers, _ = build_dataloaders(_cfg(synthetic_voc))
     assert not zero_workers.persistent_workers and zero_workers.prefetch_factor is None
+
+
+@pytest.mark.parametrize("preset, channels_last", [("d2l", True), ("train", False)])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_train_batches_equal_stacked_items_in_their_layout(synthetic_voc, preset, channels_last, workers):
+    """crop_collate: the same values as stacking the items, channels-last for un-resized crops, from workers too."""
+    loader, _ = build_dataloaders(_cfg(synthetic_voc, f"data.preset={preset}", f"data.num_workers={workers}",
+                                       "data.batch_size=2", "data.scale_range=[0.5,2.0]"))
+    assert loader.collate_fn is crop_collate
+    batches = _epoch(loader, epoch=3)
+    # the same sampling and items, stacked by torch's default_collate in one process
+    reference = torch.utils.data.DataLoader(loader.dataset, batch_size=2, shuffle=True, drop_last=True,
+                                            generator=torch.Generator().manual_seed(0))  # _cfg's train.seed
+    expected = [t for batch in reference for t in batch]
+    assert len(batches) == len(expected) == 2 * len(loader) > 0
+    for k, (got, want) in enumerate(zip(batches, expected)):
+        assert torch.equal(got, want)
+        if k % 2 == 0:  # images
+            assert got.is_contiguous(memory_format=torch.channels_last) == channels_last
+            assert got.is_contiguous() == (not channels_last)
+
+
+def test_crop_collate_follows_the_majority_layout():
+    image = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).reshape(2, 4, 5, 3)
+    views = [image[k].permute(2, 0, 1) for k in range(2)]  # channels-last views, as the readers give
+    dense = [view.contiguous() for view in views]
+    mask = torch.zeros(4, 5, dtype=torch.uint8)
+    for items, channels_last in [(views, True), (dense, False), ([views[0], dense[1], views[1]], True),
+                                 ([dense[0], views[1], dense[1]], False)]:
+        images, masks = crop_collate([(item, mask) for item in items])
+        assert images.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert torch.equal(images, torch.stack(items)) and masks.shape == (len(items), 4, 5)
 
 
 def test_shuffle_is_seeded(synthetic_voc):

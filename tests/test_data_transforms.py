@@ -6,12 +6,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms.v2 import functional as F
 
 from fcn_dist.config import DataConfig
 from fcn_dist.data import build_dataset
 from fcn_dist.data import voc as voc_module
 from fcn_dist.data.transforms import (IMAGENET_MEAN, IMAGENET_STD, AugmentedDataset, build_transforms, normalize,
-                                      sample_seed)
+                                      resized_crop_nearest, sample_seed)
 
 
 def coordinate_pair(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,3 +210,24 @@ def test_workers_return_uint8(synthetic_voc, preset):
     assert image.dtype == mask.dtype == torch.uint8
     assert image.shape == (3, 32, 48) and mask.shape == (32, 48)
     assert np.isin(mask.numpy(), [0, 1, 3, 7, 8, 12, 15, 255]).all()
+
+
+def test_resized_crop_nearest_equals_torchvision():
+    """The mask path of RandomScaleCrop gives exactly torchvision's nearest resize, for up- and downscales."""
+    generator = torch.Generator().manual_seed(0)
+    mask = torch.randint(0, 256, (2, 61, 83), dtype=torch.uint8, generator=generator)
+    cases = [(0, 0, 61, 83, 61, 83), (3, 5, 20, 30, 40, 60), (0, 0, 61, 83, 30, 41), (7, 2, 33, 71, 320, 480),
+             (1, 1, 1, 1, 5, 3), (10, 20, 37, 53, 37, 1)]
+    for _ in range(200):
+        top, left = int(torch.randint(0, 60, (), generator=generator)), int(torch.randint(0, 82, (), generator=generator))
+        height = int(torch.randint(1, 61 - top + 1, (), generator=generator))
+        width = int(torch.randint(1, 83 - left + 1, (), generator=generator))
+        out_h, out_w = (int(v) for v in torch.randint(1, 700, (2,), generator=generator))
+        cases.append((top, left, height, width, out_h, out_w))
+    for top, left, height, width, out_h, out_w in cases:
+        expected = F.resized_crop(tv_tensors.Mask(mask), top, left, height, width, [out_h, out_w],
+                                  interpolation=F.InterpolationMode.NEAREST)
+        got = resized_crop_nearest(mask, top, left, height, width, (out_h, out_w))
+        assert got.dtype == torch.uint8 and got.shape == (2, out_h, out_w)
+        assert torch.equal(got, expected.as_subclass(torch.Tensor)), (top, left, height, width, out_h, out_w)
+        assert torch.equal(resized_crop_nearest(mask[0], top, left, height, width, (out_h, out_w)), got[0])

@@ -83,6 +83,39 @@ def build_dataset(data_cfg, split: str, train: bool, seed: int = 0):
     return AugmentedDataset(base, build_transforms(data_cfg, train=True), seed, indices)
 
 
+def _stack(tensors: tuple[torch.Tensor, ...], memory_format: torch.memory_format) -> torch.Tensor:
+    """``torch.stack`` into a new tensor of ``memory_format``, in shared memory inside a worker."""
+    shape = (len(tensors), *tensors[0].shape)
+    out = torch.empty(shape, dtype=tensors[0].dtype, memory_format=memory_format)
+    if torch.utils.data.get_worker_info() is not None:
+        # as default_collate does: a batch built in shared memory is sent without another copy
+        storage = tensors[0]._typed_storage()._new_shared(out.numel(), device=out.device)
+        out = tensors[0].new(storage).as_strided(shape, out.stride())
+    return torch.stack(tensors, 0, out=out)
+
+
+def crop_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack equal-size train crops, keeping the images' memory layout.
+
+    The readers keep images in their decoded (H, W, 3) order (``voc.to_tensors``), so an
+    un-resized crop (the d2l preset, or the train preset at scale 1) is a channels-last view.
+    ``default_collate`` would stack it into a contiguous (B, 3, H, W) batch, a transpose that
+    costs 0.26 ms per 320x480 crop on this CPU, 20x a plain copy; this collate gives such
+    batches channels-last strides instead (same shape and values). The training step
+    converts every batch to the network's layout on the device.
+
+    Args:
+        batch: ``(image uint8 (3, H, W), mask uint8 (H, W))`` pairs of one size.
+
+    Returns:
+        images uint8 (B, 3, H, W), channels-last when most crops are; masks uint8 (B, H, W).
+    """
+    images, masks = zip(*batch)
+    channels_last = sum(image.stride(0) == 1 for image in images) * 2 > len(images)
+    images = _stack(images, torch.channels_last if channels_last else torch.contiguous_format)
+    return images, _stack(masks, torch.contiguous_format)
+
+
 def list_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Collate whole images of different sizes as lists, without padding.
 
@@ -154,11 +187,11 @@ def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.dat
     generator.manual_seed(cfg.train.seed)
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, generator=generator,
-        **_loader_kwargs(cfg.data))
+        collate_fn=crop_collate, **_loader_kwargs(cfg.data))
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=cfg.data.eval_batch_size, shuffle=False, collate_fn=list_collate,
         **_loader_kwargs(cfg.data))
     return train_loader, val_loader
 
 
-__all__ = ["build_dataset", "build_dataloaders", "build_reader", "class_names", "list_collate", "DataError"]
+__all__ = ["build_dataset", "build_dataloaders", "build_reader", "class_names", "crop_collate", "list_collate", "DataError"]

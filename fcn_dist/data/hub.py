@@ -151,8 +151,8 @@ def _encoded(value, name: str):
     raise DataError(f"{name}: empty image cell; every row needs an image and a mask")
 
 
-def _pixels(data: Optional[bytes], shape: tuple[int, ...], name: str) -> np.ndarray:
-    """A raw pixel cell as a read-only uint8 array of ``shape`` (``to_tensors`` copies it once)."""
+def _pixels(data, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """A raw pixel cell (bytes-like, or None) as a read-only uint8 array of ``shape`` (``to_tensors`` copies it once)."""
     expected = int(np.prod(shape))
     if data is None or len(data) != expected:
         got = "no pixels" if data is None else f"{len(data)} bytes"
@@ -210,12 +210,25 @@ class ArrowSegmentation(torch.utils.data.Dataset):
                 # raw bytes: decode with our code, not datasets' (exact palette indices, our errors)
                 table = table.cast_column(column, datasets.Image(decode=False))
         self.table = table
+        # decoded rows are read as pyarrow cells, their pixels as views of the memory map: the
+        # python formatting of ``table[i]`` copies 0.7 MB of bytes per row and costs 0.1 ms more
+        self._arrow = table.with_format("arrow") if self.decoded else None
+        self._value_columns = keep
 
     def __len__(self) -> int:
         return len(self.table)
 
     def _name(self, index: int, row: dict) -> str:
         return f"{self.source} row {index}" + (f" ({row['name']})" if "name" in row else "")
+
+    def _decoded_row(self, index: int) -> dict:
+        """A decoded-form row: ints and strings as Python values, pixel cells as read-only pyarrow
+        buffers over the memory-mapped file (None when null), not copied."""
+        cells = self._arrow[index]  # a one-row pyarrow Table
+        row = {column: cells.column(column)[0].as_py() for column in self._value_columns}
+        for column in (self.image_column, self.mask_column):
+            row[column] = cells.column(column)[0].as_buffer()
+        return row
 
     def _raw_pair(self, row: dict, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Image (H, W, 3) and checked mask (H, W) of a decoded-form row, read-only views of its cells."""
@@ -229,11 +242,13 @@ class ArrowSegmentation(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns image uint8 (3, H, W) and mask uint8 (H, W) with 255 kept."""
-        row = self.table[int(index)]
-        name = self._name(index, row)
         if self.decoded:
+            row = self._decoded_row(int(index))
+            name = self._name(index, row)
             image, mask = self._raw_pair(row, name)
             return to_tensors(image, mask, f"{name} mask")
+        row = self.table[int(index)]
+        name = self._name(index, row)
         image = decode_image(_encoded(row[self.image_column], name), f"{name} image")
         cell = row[self.mask_column]
         if isinstance(cell, dict):
@@ -258,7 +273,7 @@ class ArrowSegmentation(torch.utils.data.Dataset):
 
         problems = []
         for index in tqdm(range(len(self)), desc=f"check {self.source}", unit="img", disable=not progress):
-            row = self.table[index]
+            row = self._decoded_row(index) if self.decoded else self.table[index]
             name = self._name(index, row)
             try:
                 if self.decoded:

@@ -75,6 +75,36 @@ class PairTransform:
         return f"PairTransform({self.transforms.transforms if self.transforms else []})"
 
 
+def _nearest_indices(start: int, length: int, size: int) -> np.ndarray:
+    """Source indices of torch's "nearest" resize of ``length`` pixels to ``size``, offset by ``start``."""
+    # torch: min(floor(dst * scale), length - 1), scale = float32(length) / size, all in float32
+    scale = np.float32(length) / np.float32(size)
+    src = np.floor(np.arange(size, dtype=np.float32) * scale).astype(np.intp)
+    return start + np.minimum(src, length - 1)
+
+
+def resized_crop_nearest(mask: torch.Tensor, top: int, left: int, height: int, width: int,
+                         size: Sequence[int]) -> torch.Tensor:
+    """``F.resized_crop(mask, ..., interpolation=NEAREST)`` on a CPU tensor, by row and column indexing.
+
+    The same pixels as torch's nearest interpolation (same index formula; a test compares them),
+    3.5x faster on this CPU for a uint8 320x480 mask (0.056 against 0.20 ms): torch's kernel is
+    not vectorised for one uint8 channel, numpy's row-then-column gather is.
+
+    Args:
+        mask: (..., H, W) on the CPU.
+        top, left, height, width: the source window.
+        size: output (h, w).
+
+    Returns:
+        A new (..., h, w) tensor of the mask's dtype.
+    """
+    rows = _nearest_indices(top, height, int(size[0]))
+    cols = _nearest_indices(left, width, int(size[1]))
+    pixels = mask.as_subclass(torch.Tensor).numpy()
+    return torch.from_numpy(pixels[..., rows, :][..., cols])
+
+
 class RandomScaleCrop(v2.Transform):
     """Rescale by a factor drawn uniformly from ``scale_range``, then take a random ``size`` crop.
 
@@ -90,7 +120,8 @@ class RandomScaleCrop(v2.Transform):
 
     Per 500x375 image, one thread, 2-core EPYC (2026-11-24): 0.83 ms against 1.16 ms for the
     whole-image rescale + crop it replaces (train preset at 320x480, scales 0.5-2.0, median
-    of 300 draws, 3 interleaved rounds; the image resize is 0.25-0.44 ms of it, the mask 0.21).
+    of 300 draws, 3 interleaved rounds; the image resize is 0.25-0.44 ms of it, the mask 0.21,
+    now 0.06 by ``resized_crop_nearest``).
     """
 
     def __init__(self, scale_range: Sequence[float], size: Sequence[int], fill: dict) -> None:
@@ -120,7 +151,10 @@ class RandomScaleCrop(v2.Transform):
         return {"window": (top, left, src_h, src_w), "out": [out_h, out_w], "padding": padding}
 
     def transform(self, inpt, params: dict):
-        out = self._call_kernel(F.resized_crop, inpt, *params["window"], size=params["out"], antialias=True)
+        if isinstance(inpt, tv_tensors.Mask) and inpt.device.type == "cpu":
+            out = tv_tensors.wrap(resized_crop_nearest(inpt, *params["window"], params["out"]), like=inpt)
+        else:
+            out = self._call_kernel(F.resized_crop, inpt, *params["window"], size=params["out"], antialias=True)
         if any(params["padding"]):
             out = self._call_kernel(F.pad, out, params["padding"], fill=self.fill[type(inpt)])
         return out
