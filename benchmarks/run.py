@@ -177,25 +177,29 @@ def _cycle(make_loader):
         yield from make_loader()
 
 
-FCN_LOADERS = {  # name: (data.format, root key of the data set, data.preset)
-    "fcn_voc": ("voc", "voc_root", "train"),
-    "fcn_arrow": ("arrow", "arrow_root", "train"),
-    "fcn_arrow_decoded": ("arrow", "decoded_root", "train"),
-    "fcn_arrow_decoded_d2l_preset": ("arrow", "decoded_root", "d2l"),
+FCN_LOADERS = {  # name: (data.format, root key of the data set, data.preset, data.resize_on)
+    "fcn_voc": ("voc", "voc_root", "train", "loader"),
+    "fcn_arrow": ("arrow", "arrow_root", "train", "loader"),
+    "fcn_arrow_decoded": ("arrow", "decoded_root", "train", "loader"),
+    "fcn_arrow_decoded_d2l_preset": ("arrow", "decoded_root", "d2l", "loader"),
+    "fcn_arrow_decoded_resize_on_device": ("arrow", "decoded_root", "train", "device"),
 }
 """fcn_dist's loaders in the data section. The train preset (random scale 0.5-2, padded crop,
 flip, every image) does more work than d2l's loader; the d2l preset (plain crop, images
-smaller than the crop dropped) does the same work as d2l's, for an equal-work comparison."""
+smaller than the crop dropped) does the same work as d2l's, for an equal-work comparison.
+``resize_on=device`` leaves the train preset's resize, padding and flip to the training
+device: its images/s is the loader's CPU side only, never compared with d2l as a whole loader."""
 
 
-def fcn_loader(spec: dict, num_workers: int, data_format: str, root: str, preset: str = "train"):
+def fcn_loader(spec: dict, num_workers: int, data_format: str, root: str, preset: str = "train",
+               resize_on: str = "loader"):
     """fcn_dist's train loader for a benchmark case, built by ``build_dataloaders``."""
     from fcn_dist.data import build_dataloaders
 
     crop_h, crop_w = spec["crop"]
     cfg = _config([f"data.format={data_format}", f"data.root={root}", f"data.num_workers={num_workers}",
                    f"data.batch_size={spec['batch']}", f"data.crop_size=[{crop_h},{crop_w}]",
-                   f"data.preset={preset}"])
+                   f"data.preset={preset}", f"data.resize_on={resize_on}"])
     return build_dataloaders(cfg)[0]
 
 
@@ -251,18 +255,27 @@ def child_data(spec: dict) -> dict:
         dataset = d2l_dataset(spec, spec["voc_root"])
         loader = d2l_loader(spec, dataset, spec["workers"])
     else:
-        data_format, _, preset = FCN_LOADERS[spec["loader"]]
-        loader = fcn_loader(spec, spec["workers"], data_format, root, preset)
+        data_format, _, preset, resize_on = FCN_LOADERS[spec["loader"]]
+        loader = fcn_loader(spec, spec["workers"], data_format, root, preset, resize_on)
     batches = _cycle(lambda: iter(loader))
     next(batches)
     startup = time.perf_counter() - t0
     t1 = time.perf_counter()
     for _ in range(spec["data_batches"]):
-        images, _ = next(batches)
+        batch = next(batches)
     elapsed = time.perf_counter() - t1
     memory = tree_memory(os.getpid())
+    extra = {}
+    if len(batch) == 3:  # resize on the device: what finishing costs when the device is this CPU
+        from fcn_dist.data.transforms import finish_windows
+
+        kept = [next(batches) for _ in range(8)]
+        t2 = time.perf_counter()
+        for windows in kept:
+            finish_windows(*windows)
+        extra["finish_ms_per_image_here"] = (time.perf_counter() - t2) * 1e3 / (len(kept) * spec["batch"])
     return {"startup_s": startup, "images_per_s": spec["data_batches"] * spec["batch"] / elapsed,
-            "usable_images": len(loader.dataset), "batch_dtype": str(images.dtype), "memory": memory}
+            "usable_images": len(loader.dataset), "batch_dtype": str(batch[0].dtype), "memory": memory, **extra}
 
 
 def _fcn_model(spec: dict, variant: dict, device):
@@ -425,7 +438,7 @@ def child_train_e2e(spec: dict) -> dict:
             if variant["impl"] == "d2l":
                 loader = d2l_loader(spec, d2l_train, spec["workers"])
             else:
-                data_format, root_key, _ = FCN_LOADERS[f"fcn_{spec['e2e_format']}"]
+                data_format, root_key, _, _ = FCN_LOADERS[f"fcn_{spec['e2e_format']}"]
                 loader = fcn_loader(spec, spec["workers"], data_format, spec[root_key])
 
             def step(batch, variant=variant, name=name):
@@ -595,8 +608,8 @@ def _ok(case: dict) -> bool:
 
 
 def _preset(loader: str):
-    """The data.preset of one of fcn_dist's loaders; None for d2l's."""
-    return FCN_LOADERS[loader][2] if loader in FCN_LOADERS else None
+    """The data.preset of one of fcn_dist's whole loaders; None for d2l's and resize-on-device ones."""
+    return FCN_LOADERS[loader][2] if loader in FCN_LOADERS and FCN_LOADERS[loader][3] == "loader" else None
 
 
 def data_ratios(cases: list[dict]) -> list[dict]:
@@ -620,6 +633,10 @@ def data_ratios(cases: list[dict]) -> list[dict]:
                     ratios.append({"pair": f"loader images/s, equal work, {n} images, {workers} workers: "
                                            f"{c['loader']} / d2l",
                                    "ratio": c["images_per_s"] / d2l[0]["images_per_s"]})
+                if c["loader"] in FCN_LOADERS and FCN_LOADERS[c["loader"]][3] == "device":
+                    ratios.append({"pair": f"loader CPU side images/s, {n} images, {workers} workers: "
+                                           f"{c['loader']} / {best['loader']} (the rest runs on the device)",
+                                   "ratio": c["images_per_s"] / best["images_per_s"]})
     counts = sorted({c["dataset_images"] for c in ok})
     if len(counts) >= 2:
         small, large = counts[0], counts[-1]
@@ -757,6 +774,12 @@ def render_markdown(results: dict) -> str:
             lines.append(f"| {c['loader']} | {c['dataset_images']} | {c['workers']} | {c['usable_images']} | "
                          f"{_fmt(c['startup_s'])} | {_fmt(c['images_per_s'], 1)} | {_fmt(m['rss_anon_sum_mb'], 0)} | "
                          f"{_fmt(m['pss_sum_mb'], 0)} | {_fmt(m['uss_sum_mb'], 0)} | {_fmt(m['main_peak_rss_mb'], 0)} |")
+        lines.append("")
+        for c in data["cases"]:
+            if "finish_ms_per_image_here" in c:
+                lines.append(f"- {c['loader']}, {c['dataset_images']} images, {c['workers']} workers: finishing its "
+                             f"windows (`finish_windows`) costs {_fmt(c['finish_ms_per_image_here'], 3)} ms per image "
+                             "when the device is this CPU.")
         lines.append("")
     if "train" in results:
         train = results["train"]

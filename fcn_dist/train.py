@@ -31,7 +31,7 @@ from fcn_dist.checkpoint import (CheckpointError, TrainState, complete_checkpoin
                                  find_resume_checkpoint, save_checkpoint)
 from fcn_dist.config import ConfigError, config_reference, load_config, save_config
 from fcn_dist.data import build_dataloaders, class_names
-from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, finish_windows, normalize
 from fcn_dist.data.voc import DataError
 from fcn_dist.evaluate import evaluate, write_eval_files
 from fcn_dist.model import PretrainedWeightsError, build_model
@@ -132,8 +132,7 @@ def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
 
     with accelerator.main_process_first():  # the main process generates synthetic data first
         train_loader, val_loader = build_dataloaders(cfg)
-    classes = class_names(cfg.data)
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    classes, mean, std = class_names(cfg.data), IMAGENET_MEAN, IMAGENET_STD
 
     model = build_model(cfg.model)
     if cfg.train.sync_bn and accelerator.num_processes > 1:
@@ -143,8 +142,7 @@ def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
-    if cfg.train.compile:
-        model = torch.compile(model)
+    model = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(cfg.optim, model)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
 
@@ -230,7 +228,9 @@ def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
         train_loader.dataset.set_epoch(state.epoch)  # Accelerate skips the dataset when the sampler has set_epoch
         batches = (accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
                    if state.batch_in_epoch else train_loader)
-        for images, masks in batches:
+        for images, masks, *windows in batches:
+            if windows:  # data.resize_on=device: the loader cut source windows; resize, pad and flip here
+                images, masks = finish_windows(images, masks, *windows)
             with accelerator.accumulate(model):
                 images = normalize(images, mean, std).contiguous(memory_format=memory_format)
                 loss = segmentation_loss(model(images), masks)

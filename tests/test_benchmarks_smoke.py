@@ -43,7 +43,8 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
     data = results["data"]
     assert "main_rss_anon_mb" in data["baseline"]["memory"]
     cases = {(c["loader"], c["dataset_images"], c["workers"]) for c in data["cases"]}
-    loaders = ("fcn_voc", "fcn_arrow", "fcn_arrow_decoded", "fcn_arrow_decoded_d2l_preset", "d2l")
+    loaders = ("fcn_voc", "fcn_arrow", "fcn_arrow_decoded", "fcn_arrow_decoded_d2l_preset",
+               "fcn_arrow_decoded_resize_on_device", "d2l")
     assert cases == {(loader, n, w) for loader in loaders for n in (8, 16) for w in (0, 2)}
     for case in data["cases"]:
         assert case["startup_s"] > 0 and case["images_per_s"] > 0
@@ -52,6 +53,9 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
         assert {"rss_anon_sum_mb", "pss_sum_mb", "uss_sum_mb", "main_peak_rss_mb"} <= set(case["memory"])
     train_preset = [c for c in data["cases"] if c["loader"] not in ("d2l", "fcn_arrow_decoded_d2l_preset")]
     assert {c["usable_images"] for c in train_preset if c["dataset_images"] == 16} == {16}  # the train preset keeps all
+    on_device = [c for c in data["cases"] if c["loader"] == "fcn_arrow_decoded_resize_on_device"]
+    assert on_device and all(c["finish_ms_per_image_here"] > 0 for c in on_device)
+    assert any(r["pair"].startswith("loader CPU side images/s") for r in data["ratios"])
     d2l_usable = {c["usable_images"] for c in data["cases"] if c["loader"] == "d2l" and c["dataset_images"] == 16}
     assert {c["usable_images"] for c in data["cases"]
             if c["loader"] == "fcn_arrow_decoded_d2l_preset" and c["dataset_images"] == 16} == d2l_usable

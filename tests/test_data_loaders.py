@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from fcn_dist.config import ConfigError, load_config
-from fcn_dist.data import build_dataloaders, class_names, crop_collate, list_collate
+from fcn_dist.data import build_dataloaders, class_names, crop_collate, list_collate, window_collate
+from fcn_dist.data.transforms import finish_windows
 from fcn_dist.data.voc import VOC_CLASSES, DataError, VOCSegmentation
 
 
@@ -108,3 +109,37 @@ def test_synthetic_format_generates_on_first_use(tmp_path):
     train, val = build_dataloaders(cfg)
     assert (root / "VOCdevkit" / "VOC2012" / "synthetic.json").is_file()
     assert len(train) == 3 and len(val) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resize_on_device_finishes_to_the_loader_preset(synthetic_voc, workers):
+    """data.resize_on=device: windows from the loader, finished by finish_windows, equal the loader-side preset."""
+    # equal workers: persistent workers draw the loader's base seed once, not once per epoch, which
+    # changes later epochs' shuffling
+    common = ["data.batch_size=3", "data.scale_range=[0.5,2.0]", "data.crop_size=[48,64]",
+              f"data.num_workers={workers}"]
+    on_loader, _ = build_dataloaders(_cfg(synthetic_voc, *common))
+    on_device, _ = build_dataloaders(_cfg(synthetic_voc, *common, "data.resize_on=device"))
+    assert on_device.collate_fn is window_collate and on_loader.collate_fn is crop_collate
+    flips = windows_smaller = 0
+    for epoch in (0, 1):
+        on_loader.dataset.set_epoch(epoch)
+        on_device.dataset.set_epoch(epoch)
+        for (images, masks), (windows, window_masks, geometry) in zip(on_loader, on_device, strict=True):
+            assert len(geometry) == 3 and windows.is_contiguous(memory_format=torch.channels_last)
+            for window, window_mask, (height, width, *_rest, flip) in zip(windows, window_masks, geometry):
+                assert (window[:, height:] == 0).all() and (window[:, :, width:] == 0).all()
+                assert (window_mask[height:] == 255).all() and (window_mask[:, width:] == 255).all()
+                flips += flip
+                windows_smaller += height * width < 48 * 64
+            finished = finish_windows(windows, window_masks, geometry)
+            assert torch.equal(finished[0], images) and torch.equal(finished[1], masks)
+    assert 0 < flips < 2 * 12 // 3 * 3 and windows_smaller > 0  # both flips drawn; windows really cut
+
+
+def test_resize_on_device_is_a_no_op_without_a_rescale(synthetic_voc):
+    for extra in (["data.preset=d2l"], ["data.scale_range=[1.0,1.0]"]):
+        loader, _ = build_dataloaders(_cfg(synthetic_voc, "data.resize_on=device", *extra))
+        assert loader.collate_fn is crop_collate and len(next(iter(loader))) == 2
+    with pytest.raises(ConfigError, match="data.resize_on"):
+        _cfg(synthetic_voc, "data.resize_on=gpu")

@@ -219,7 +219,8 @@ def test_resized_crop_nearest_equals_torchvision():
     cases = [(0, 0, 61, 83, 61, 83), (3, 5, 20, 30, 40, 60), (0, 0, 61, 83, 30, 41), (7, 2, 33, 71, 320, 480),
              (1, 1, 1, 1, 5, 3), (10, 20, 37, 53, 37, 1)]
     for _ in range(200):
-        top, left = int(torch.randint(0, 60, (), generator=generator)), int(torch.randint(0, 82, (), generator=generator))
+        top = int(torch.randint(0, 60, (), generator=generator))
+        left = int(torch.randint(0, 82, (), generator=generator))
         height = int(torch.randint(1, 61 - top + 1, (), generator=generator))
         width = int(torch.randint(1, 83 - left + 1, (), generator=generator))
         out_h, out_w = (int(v) for v in torch.randint(1, 700, (2,), generator=generator))

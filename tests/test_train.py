@@ -204,3 +204,14 @@ def test_resume_never_refuses_a_run_with_checkpoints_and_touches_nothing(voc_roo
     assert f"{run_dir} already holds checkpoints and train.resume=never" in proc.stderr
     assert (run_dir / "config.yaml").read_text() == "original\n"
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "config.yaml"]
+
+
+def test_resize_on_device_trains_the_same_steps(voc_root, tmp_path):
+    """data.resize_on=device finishes the batches in the training process: on CPU, the same losses and weights."""
+    common = {"train.max_steps": 4, "data.scale_range": "[0.5,2.0]", "data.num_workers": 1}
+    _train(_overrides(voc_root, tmp_path, "loader", **common))
+    _train(_overrides(voc_root, tmp_path, "device", **common, **{"data.resize_on": "device"}))
+    assert _losses(tmp_path / "device") == _losses(tmp_path / "loader") and len(_losses(tmp_path / "loader")) == 4
+    loader = _params(tmp_path / "loader" / "model_last.safetensors")
+    device = _params(tmp_path / "device" / "model_last.safetensors")
+    assert loader.keys() == device.keys() and all(torch.equal(loader[k], device[k]) for k in loader)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from .transforms import AugmentedDataset, build_transforms
+from .transforms import AugmentedDataset, WindowScaleCrop, build_transforms
 from .voc import IGNORE_INDEX, VOC_CLASSES, DataError, VOCSegmentation, download_voc, find_voc_root
 
 
@@ -83,15 +83,19 @@ def build_dataset(data_cfg, split: str, train: bool, seed: int = 0):
     return AugmentedDataset(base, build_transforms(data_cfg, train=True), seed, indices)
 
 
-def _stack(tensors: tuple[torch.Tensor, ...], memory_format: torch.memory_format) -> torch.Tensor:
-    """``torch.stack`` into a new tensor of ``memory_format``, in shared memory inside a worker."""
-    shape = (len(tensors), *tensors[0].shape)
-    out = torch.empty(shape, dtype=tensors[0].dtype, memory_format=memory_format)
+def _new_batch(shape: tuple[int, ...], like: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+    """An uninitialised tensor of ``like``'s dtype and ``memory_format``, in shared memory inside a worker."""
+    out = torch.empty(shape, dtype=like.dtype, memory_format=memory_format)
     if torch.utils.data.get_worker_info() is not None:
         # as default_collate does: a batch built in shared memory is sent without another copy
-        storage = tensors[0]._typed_storage()._new_shared(out.numel(), device=out.device)
-        out = tensors[0].new(storage).as_strided(shape, out.stride())
-    return torch.stack(tensors, 0, out=out)
+        storage = like._typed_storage()._new_shared(out.numel(), device=out.device)
+        out = like.new(storage).as_strided(shape, out.stride())
+    return out
+
+
+def _stack(tensors: tuple[torch.Tensor, ...], memory_format: torch.memory_format) -> torch.Tensor:
+    """``torch.stack`` into a new tensor of ``memory_format``, in shared memory inside a worker."""
+    return torch.stack(tensors, 0, out=_new_batch((len(tensors), *tensors[0].shape), tensors[0], memory_format))
 
 
 def crop_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,6 +118,28 @@ def crop_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
     channels_last = sum(image.stride(0) == 1 for image in images) * 2 > len(images)
     images = _stack(images, torch.channels_last if channels_last else torch.contiguous_format)
     return images, _stack(masks, torch.contiguous_format)
+
+
+def window_collate(batch: list[tuple[torch.Tensor, torch.Tensor, tuple]]) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """Batch ``WindowScaleCrop`` items (``data.resize_on=device``) for ``finish_windows``.
+
+    Windows differ in size; each is copied to the top-left corner of one channels-last batch as
+    large as the largest (the rest: image 0, mask 255), so a batch is still two tensors.
+
+    Args:
+        batch: (image window uint8 (3, h, w), mask window uint8 (h, w), geometry tuple) items.
+
+    Returns:
+        (images uint8 (B, 3, H, W), masks uint8 (B, H, W), [geometry]).
+    """
+    images, masks, geometry = zip(*batch)
+    height, width = max(mask.shape[0] for mask in masks), max(mask.shape[1] for mask in masks)
+    out_images = _new_batch((len(batch), 3, height, width), images[0], torch.channels_last).fill_(0)
+    out_masks = _new_batch((len(batch), height, width), masks[0], torch.contiguous_format).fill_(IGNORE_INDEX)
+    for k, (image, mask) in enumerate(zip(images, masks)):
+        out_images[k, :, :image.shape[1], :image.shape[2]] = image
+        out_masks[k, :mask.shape[0], :mask.shape[1]] = mask
+    return out_images, out_masks, list(geometry)
 
 
 def list_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -159,14 +185,16 @@ def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.dat
     """Train and val DataLoaders of a config.
 
     Train: ``data.batch_size`` crops, ``drop_last``, shuffled by a ``torch.Generator`` seeded with
-    ``train.seed``. Val: ``data.eval_batch_size`` whole images in file order, padded to a common
-    size, as lists (``list_collate``): never padded.
+    ``train.seed``. Val: ``data.eval_batch_size`` whole images in file order, as lists
+    (``list_collate``): never padded.
 
     Args:
         cfg: the run ``Config``.
 
     Returns:
-        (train_loader, val_loader) yielding ``images uint8 (B, 3, H, W)``, ``masks uint8 (B, H, W)``.
+        (train_loader, val_loader) yielding ``images uint8 (B, 3, H, W)``, ``masks uint8 (B, H, W)``;
+        with ``data.resize_on=device`` (and a rescale) train batches are ``window_collate``'s
+        (images, masks, geometry), finished on the device by ``transforms.finish_windows``.
 
     Raises:
         DataError: bad data, or fewer training images than one batch.
@@ -187,11 +215,13 @@ def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.dat
     generator.manual_seed(cfg.train.seed)
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, generator=generator,
-        collate_fn=crop_collate, **_loader_kwargs(cfg.data))
+        collate_fn=window_collate if isinstance(train_set.transform, WindowScaleCrop) else crop_collate,
+        **_loader_kwargs(cfg.data))
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=cfg.data.eval_batch_size, shuffle=False, collate_fn=list_collate,
         **_loader_kwargs(cfg.data))
     return train_loader, val_loader
 
 
-__all__ = ["build_dataset", "build_dataloaders", "build_reader", "class_names", "crop_collate", "list_collate", "DataError"]
+__all__ = ["build_dataset", "build_dataloaders", "build_reader", "class_names", "crop_collate", "list_collate",
+           "window_collate", "DataError"]

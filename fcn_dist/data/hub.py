@@ -152,7 +152,7 @@ def _encoded(value, name: str):
 
 
 def _pixels(data, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """A raw pixel cell (bytes-like, or None) as a read-only uint8 array of ``shape`` (``to_tensors`` copies it once)."""
+    """A raw pixel cell (bytes-like or None) as a read-only uint8 array of ``shape`` (``to_tensors`` copies it)."""
     expected = int(np.prod(shape))
     if data is None or len(data) != expected:
         got = "no pixels" if data is None else f"{len(data)} bytes"

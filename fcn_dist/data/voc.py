@@ -233,7 +233,7 @@ def check_mask_values(mask: np.ndarray, name: str, num_classes: int) -> np.ndarr
     """
     if mask.ndim != 2:
         raise DataError(f"{name}: mask has shape {tuple(mask.shape)}; expected (H, W) class indices")
-    if mask.dtype == np.uint8 and num_classes <= IGNORE_INDEX:  # the common case, in two passes: values >= C are all 255
+    if mask.dtype == np.uint8 and num_classes <= IGNORE_INDEX:  # common case, two passes: values >= C all 255
         ok = np.count_nonzero(mask >= num_classes) == np.count_nonzero(mask == IGNORE_INDEX)
     else:
         ok = not ((mask >= num_classes) & (mask != IGNORE_INDEX) | (mask < 0)).any()
