@@ -66,6 +66,8 @@ class Sizes:
     batch: int
     data_batches: int
     """Batches timed after the first one, per data case."""
+    data_rounds: int
+    """Times each data case runs (in forward, then reverse order, alternately); medians reported."""
     warmup: int
     steps: int
     rounds: int
@@ -75,9 +77,9 @@ class Sizes:
 
 
 FULL = Sizes(data_sizes=(200, 2000), bench_val=40, max_side=500, crop=(320, 480), batch=8, data_batches=40,
-             warmup=2, steps=3, rounds=4, e2e_steps=16, eval_rounds=3, child_timeout_s=3600)
+             data_rounds=3, warmup=2, steps=3, rounds=4, e2e_steps=16, eval_rounds=3, child_timeout_s=3600)
 QUICK = Sizes(data_sizes=(8, 16), bench_val=3, max_side=128, crop=(64, 96), batch=2, data_batches=2,
-              warmup=1, steps=1, rounds=1, e2e_steps=2, eval_rounds=1, child_timeout_s=300)
+              data_rounds=1, warmup=1, steps=1, rounds=1, e2e_steps=2, eval_rounds=1, child_timeout_s=300)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -592,15 +594,31 @@ def run_data(sizes: Sizes, sets: dict, args) -> dict:
     base = {"crop": list(sizes.crop), "batch": sizes.batch, "data_batches": sizes.data_batches,
             "threads": args.threads}
     baseline = run_child("baseline", base, sizes.child_timeout_s, args.threads)
-    cases = []
-    for n in sizes.data_sizes:
-        for loader in (*FCN_LOADERS, "d2l"):
-            for workers in sorted({0, args.workers}):
-                _log(f"data: {loader}, {n} images, {workers} workers")
-                spec = {**base, **sets[n], "loader": loader, "workers": workers}
-                result = run_child("data", spec, sizes.child_timeout_s, args.threads)
-                cases.append({"loader": loader, "dataset_images": n, "workers": workers, **result})
+    keys = [(n, loader, workers) for n in sizes.data_sizes for loader in (*FCN_LOADERS, "d2l")
+            for workers in sorted({0, args.workers})]
+    runs = {key: [] for key in keys}
+    for r in range(sizes.data_rounds):  # rounds alternate the order, so slow drifts of load hit every case
+        for n, loader, workers in (keys if r % 2 == 0 else keys[::-1]):
+            _log(f"data, round {r + 1}/{sizes.data_rounds}: {loader}, {n} images, {workers} workers")
+            spec = {**base, **sets[n], "loader": loader, "workers": workers}
+            runs[n, loader, workers].append(run_child("data", spec, sizes.child_timeout_s, args.threads))
+    cases = [{"loader": loader, "dataset_images": n, "workers": workers, **_median_run(runs[n, loader, workers])}
+             for n, loader, workers in keys]
     return {"baseline": baseline, "cases": cases, "ratios": data_ratios(cases)}
+
+
+def _median_run(results: list[dict]) -> dict:
+    """One data case over its rounds: the first round's fields, images/s and start-up the medians."""
+    ok = [r for r in results if "error" not in r]
+    if not ok:
+        return results[0]
+    merged = dict(ok[0])
+    merged["images_per_s_rounds"] = [r["images_per_s"] for r in ok]
+    merged["images_per_s"] = statistics.median(merged["images_per_s_rounds"])
+    merged["startup_s"] = statistics.median(r["startup_s"] for r in ok)
+    if "finish_ms_per_image_here" in merged:
+        merged["finish_ms_per_image_here"] = statistics.median(r["finish_ms_per_image_here"] for r in ok)
+    return merged
 
 
 def _ok(case: dict) -> bool:
@@ -763,16 +781,19 @@ def render_markdown(results: dict) -> str:
         base = data["baseline"].get("memory", {})
         lines += ["## Data loaders", "",
                   f"Baseline process after imports: RssAnon {_fmt(base.get('main_rss_anon_mb'), 0)} MiB.", "",
-                  "| loader | images | workers | usable | start-up s | images/s | RssAnon sum MiB | PSS sum MiB "
-                  "| USS sum MiB | main peak RSS MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| loader | images | workers | usable | start-up s | images/s (median) | per round "
+                  "| RssAnon sum MiB | PSS sum MiB | USS sum MiB | main peak RSS MiB |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in data["cases"]:
             if "error" in c:
                 lines.append(f"| {c['loader']} | {c['dataset_images']} | {c['workers']} | error: {c['error'][:120]} "
-                             "| | | | | | |")
+                             "| | | | | | | |")
                 continue
             m = c["memory"]
+            rounds = " / ".join(_fmt(v, 0) for v in c.get("images_per_s_rounds", [c["images_per_s"]]))
             lines.append(f"| {c['loader']} | {c['dataset_images']} | {c['workers']} | {c['usable_images']} | "
-                         f"{_fmt(c['startup_s'])} | {_fmt(c['images_per_s'], 1)} | {_fmt(m['rss_anon_sum_mb'], 0)} | "
+                         f"{_fmt(c['startup_s'])} | {_fmt(c['images_per_s'], 1)} | {rounds} | "
+                         f"{_fmt(m['rss_anon_sum_mb'], 0)} | "
                          f"{_fmt(m['pss_sum_mb'], 0)} | {_fmt(m['uss_sum_mb'], 0)} | {_fmt(m['main_peak_rss_mb'], 0)} |")
         lines.append("")
         for c in data["cases"]:

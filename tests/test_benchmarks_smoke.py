@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import data_ratios, machine_info, train_ratios, tree_memory
+from benchmarks.run import _median_run, data_ratios, machine_info, train_ratios, tree_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,18 +98,31 @@ def test_data_ratios_pick_the_faster_fcn_loader_at_equal_workers():
              _case("d2l", 10, 0, 20.0, 480.0), _case("fcn_voc", 20, 0, 30.0, 100.0),
              _case("fcn_arrow", 20, 0, 40.0, 120.0), _case("d2l", 20, 0, 10.0, 960.0),
              _case("fcn_arrow_decoded_d2l_preset", 10, 0, 100.0, 120.0),  # equal work: never the "best"
+             _case("fcn_arrow_decoded_resize_on_device", 10, 0, 240.0, 120.0),  # CPU side only: never the "best"
              {"loader": "d2l", "dataset_images": 20, "workers": 2, "error": "exit code 1"}]
     ratios = {r["pair"]: r["ratio"] for r in data_ratios(cases)}
     assert ratios == {
         "loader images/s, 10 images, 0 workers: fcn_arrow / d2l": 3.0,
         "RssAnon sum, 10 images, 0 workers: d2l / fcn_arrow": 4.0,
         "loader images/s, equal work, 10 images, 0 workers: fcn_arrow_decoded_d2l_preset / d2l": 5.0,
+        "loader CPU side images/s, 10 images, 0 workers: fcn_arrow_decoded_resize_on_device / fcn_arrow "
+        "(the rest runs on the device)": 4.0,
         "loader images/s, 20 images, 0 workers: fcn_arrow / d2l": 4.0,
         "RssAnon sum, 20 images, 0 workers: d2l / fcn_arrow": 8.0,
         "RssAnon sum growth 10 -> 20 images: fcn_voc, 0 workers": 1.0,
         "RssAnon sum growth 10 -> 20 images: fcn_arrow, 0 workers": 1.0,
         "RssAnon sum growth 10 -> 20 images: d2l, 0 workers": 2.0,
     }
+
+
+def test_data_rounds_report_medians_and_skip_failed_rounds():
+    rounds = [{"images_per_s": 10.0, "startup_s": 1.0, "memory": {"rss_anon_sum_mb": 1.0}}, {"error": "timeout"},
+              {"images_per_s": 30.0, "startup_s": 3.0, "memory": {"rss_anon_sum_mb": 2.0}},
+              {"images_per_s": 20.0, "startup_s": 5.0, "memory": {"rss_anon_sum_mb": 3.0}}]
+    merged = _median_run(rounds)
+    assert merged["images_per_s"] == 20.0 and merged["images_per_s_rounds"] == [10.0, 30.0, 20.0]
+    assert merged["startup_s"] == 3.0 and merged["memory"] == {"rss_anon_sum_mb": 1.0}
+    assert _median_run([{"error": "exit code 1"}]) == {"error": "exit code 1"}
 
 
 def test_train_ratios_compare_with_d2l_and_model_only():
