@@ -304,12 +304,14 @@ def fcn_train_step(model, optimizer, batch, variant: dict, memory_format, device
     """
     import torch
 
-    from fcn_dist.data.transforms import normalize
+    from fcn_dist.data.transforms import finish_windows, normalize
     from fcn_dist.optim import segmentation_loss
 
-    images, masks = batch
+    images, masks, *windows = batch
     images = images.to(device, non_blocking=True)
     masks = masks.to(device, non_blocking=True)
+    if windows:  # data.resize_on=device, as train.py
+        images, masks = finish_windows(images, masks, *windows)
     images = normalize(images).contiguous(memory_format=memory_format)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant["precision"] == "bf16"):
         logits = model(images)
@@ -440,8 +442,8 @@ def child_train_e2e(spec: dict) -> dict:
             if variant["impl"] == "d2l":
                 loader = d2l_loader(spec, d2l_train, spec["workers"])
             else:
-                data_format, root_key, _, _ = FCN_LOADERS[f"fcn_{spec['e2e_format']}"]
-                loader = fcn_loader(spec, spec["workers"], data_format, spec[root_key])
+                data_format, root_key, _, resize_on = FCN_LOADERS[f"fcn_{spec['e2e_format']}"]
+                loader = fcn_loader(spec, spec["workers"], data_format, spec[root_key], resize_on=resize_on)
 
             def step(batch, variant=variant, name=name):
                 if variant["impl"] == "d2l":
@@ -858,8 +860,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads of the main process of every case (default: all cores)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the non-zero-worker cases")
-    parser.add_argument("--e2e-format", choices=("arrow", "arrow_decoded", "voc"), default="arrow",
-                        help="fcn_dist data format of the end-to-end training cases")
+    parser.add_argument("--e2e-format", choices=("arrow", "arrow_decoded", "arrow_decoded_resize_on_device", "voc"),
+                        default="arrow", help="fcn_dist data format of the end-to-end training cases "
+                        "(arrow_decoded_resize_on_device: decoded Arrow, data.resize_on=device)")
     parser.add_argument("--arch", default="fcn32s", help="fcn_dist model.arch of the training cases")
     parser.add_argument("--backbone", default="resnet18", help="fcn_dist model.backbone of the training cases")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
