@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         project_dir=str(run_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cfg.data.pin_memory),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))])
+    # newline inside, one write: print writes `end` apart, and unbuffered ranks' lines then interleave
     print(f"fcn_dist process rank={accelerator.process_index} world_size={accelerator.num_processes} "
-          f"local_rank={accelerator.local_process_index} host={socket.gethostname()}", flush=True)
+          f"local_rank={accelerator.local_process_index} host={socket.gethostname()}\n", end="", flush=True)
     stop = _StopFlag()
     try:
         return _train(cfg, accelerator, stop)
