@@ -4,7 +4,10 @@
 (``fcn_dist.data.transforms``) and, for the d2l preset, drops images smaller than the crop using
 sizes from image headers. ``build_dataloaders`` makes the train and val DataLoaders. Items are
 always ``(image uint8 (3, H, W), mask uint8 (H, W))`` with 255 = void kept; normalisation is
-done on the device by the training and evaluation code (``transforms.normalize``).
+done on the device by the training and evaluation code (``transforms.normalize``). Train
+batches of un-resized crops are channels-last (``crop_collate``): same values, no transpose on
+the CPU. With ``data.resize_on=device`` train batches are source windows plus their geometry
+(``window_collate``), finished on the device by ``transforms.finish_windows``.
 
 Plain PyTorch: nothing here knows about processes. Call ``train_loader.dataset.set_epoch(epoch)``
 before iterating each epoch, also under Accelerate: its prepared loader forwards ``set_epoch`` to

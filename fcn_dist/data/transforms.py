@@ -171,7 +171,7 @@ class WindowScaleCrop:
     flip of ``v2.RandomHorizontalFlip(p=0.5)``, in that order: the same draws for a seed) but
     only cuts the source window, a view. ``finish_windows`` does the rest on the training
     device: resize, pad and flip. The antialiased resize is most of a sample's CPU cost (0.3-0.4
-    of ~0.8 ms per 500x375 image on this CPU), and a GPU does it for a batch in microseconds.
+    of ~0.8 ms per 500x375 image on this CPU); on a GPU it is a few small kernels per window.
 
     Args:
         scale_range, size: as ``RandomScaleCrop``.
