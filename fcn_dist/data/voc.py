@@ -233,13 +233,15 @@ def check_mask_values(mask: np.ndarray, name: str, num_classes: int) -> np.ndarr
     """
     if mask.ndim != 2:
         raise DataError(f"{name}: mask has shape {tuple(mask.shape)}; expected (H, W) class indices")
+    def bad() -> np.ndarray:
+        return (mask >= num_classes) & (mask != IGNORE_INDEX) | (mask < 0)
+
     if mask.dtype == np.uint8 and num_classes <= IGNORE_INDEX:  # common case, two passes: values >= C all 255
         ok = np.count_nonzero(mask >= num_classes) == np.count_nonzero(mask == IGNORE_INDEX)
     else:
-        ok = not ((mask >= num_classes) & (mask != IGNORE_INDEX) | (mask < 0)).any()
+        ok = not bad().any()
     if not ok:
-        bad = (mask >= num_classes) & (mask != IGNORE_INDEX) | (mask < 0)
-        values = sorted(set(np.unique(mask[bad]).tolist()))
+        values = sorted(set(np.unique(mask[bad()]).tolist()))
         raise DataError(f"{name}: mask values {values[:8]} are outside 0..{num_classes - 1} and not {IGNORE_INDEX}; "
                         f"fix the mask or set data.classes to the dataset's classes")
     return mask.astype(np.uint8, copy=False)
