@@ -147,6 +147,29 @@ def test_decoded_arrow_equals_encoded_arrow_and_voc_reader(synthetic_voc, arrow_
     assert saw_void
 
 
+def test_decoded_rows_follow_selections_and_chunks(decoded_root):
+    """Decoded rows are read from the Arrow buffers: a select()ed (index-mapped), sliced or
+    concatenated (several chunks) table gives the rows a datasets user expects."""
+    train = datasets.load_from_disk(str(decoded_root))["train"]
+    plain = load_arrow(decoded_root, "train")
+    n = len(train)
+    views = {"reordered": (train.select([n - 1, 0, 2, 2]), [n - 1, 0, 2, 2]),
+             "sliced": (train.select(range(1, n - 1)), list(range(1, n - 1))),
+             "concatenated": (datasets.concatenate_datasets([train.select(range(n // 2)), train.select([0]),
+                                                             train.select(range(n // 2, n))]),
+                              [*range(n // 2), 0, *range(n // 2, n)])}
+    for what, (table, rows) in views.items():
+        view = ArrowSegmentation(table, ("image", "mask"), 21, what)
+        assert view.decoded and len(view) == len(rows), what
+        for i, row in enumerate(rows):
+            assert view._decoded_row(i)["name"] == train[row]["name"], what
+            assert all(torch.equal(a, b) for a, b in zip(view[i], plain[row])), what
+        with pytest.raises(IndexError, match=f"row {len(rows)} of {what}"):
+            view[len(rows)]
+    concatenated = views["concatenated"][0]
+    assert concatenated.data.table.column("image").num_chunks > 1  # the case that needs the chunk lookup
+
+
 def test_decoded_arrow_goes_through_build_dataloaders(arrow_root, decoded_root):
     common = ["data.format=arrow", "data.crop_size=[32,48]", "data.batch_size=3", "data.num_workers=0",
               "data.eval_batch_size=2", "train.seed=7"]
