@@ -6,8 +6,8 @@ sizes from image headers. ``build_dataloaders`` makes the train and val DataLoad
 always ``(image uint8 (3, H, W), mask uint8 (H, W))`` with 255 = void kept; normalisation is
 done on the device by the training and evaluation code (``transforms.normalize``). Train
 batches of un-resized crops are channels-last (``crop_collate``): same values, no transpose on
-the CPU. With ``data.resize_on=device`` train batches are source windows plus their geometry
-(``window_collate``), finished on the device by ``transforms.finish_windows``.
+the CPU. With ``data.resize_on=device`` train batches are source windows, packed flat, plus their
+geometry (``window_collate``), finished on the device by ``transforms.finish_windows``.
 
 Plain PyTorch: nothing here knows about processes. Call ``train_loader.dataset.set_epoch(epoch)``
 before iterating each epoch, also under Accelerate: its prepared loader forwards ``set_epoch`` to
@@ -126,22 +126,28 @@ def crop_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
 def window_collate(batch: list[tuple[torch.Tensor, torch.Tensor, tuple]]) -> tuple[torch.Tensor, torch.Tensor, list]:
     """Batch ``WindowScaleCrop`` items (``data.resize_on=device``) for ``finish_windows``.
 
-    Windows differ in size; each is copied to the top-left corner of one channels-last batch as
-    large as the largest (the rest: image 0, mask 255), so a batch is still two tensors.
+    Windows differ in size, so they are packed back to back, each as its (h, w, 3) pixels
+    (channels-last) and its (h, w) mask, into one flat image tensor and one flat mask tensor.
+    Padding every window to the batch's largest would send twice the bytes (180k against 94k
+    pixels per image on the benchmark set, scales 0.5-2.0), and inside workers every byte goes
+    through a fresh shared-memory segment, ~0.7 ms per MB on this VM.
 
     Args:
         batch: (image window uint8 (3, h, w), mask window uint8 (h, w), geometry tuple) items.
 
     Returns:
-        (images uint8 (B, 3, H, W), masks uint8 (B, H, W), [geometry]).
+        (images uint8 (3 * sum(h * w),), masks uint8 (sum(h * w),), [geometry]); the geometry
+        (``WindowScaleCrop``) gives each window's h and w, so ``finish_windows`` can unpack them.
     """
     images, masks, geometry = zip(*batch)
-    height, width = max(mask.shape[0] for mask in masks), max(mask.shape[1] for mask in masks)
-    out_images = _new_batch((len(batch), 3, height, width), images[0], torch.channels_last).fill_(0)
-    out_masks = _new_batch((len(batch), height, width), masks[0], torch.contiguous_format).fill_(IGNORE_INDEX)
-    for k, (image, mask) in enumerate(zip(images, masks)):
-        out_images[k, :, :image.shape[1], :image.shape[2]] = image
-        out_masks[k, :mask.shape[0], :mask.shape[1]] = mask
+    sizes = [mask.numel() for mask in masks]
+    out_images = _new_batch((3 * sum(sizes),), images[0], torch.contiguous_format)
+    out_masks = _new_batch((sum(sizes),), masks[0], torch.contiguous_format)
+    start = 0
+    for image, mask, size in zip(images, masks, sizes):
+        out_images[3 * start:3 * (start + size)].view(*mask.shape, 3).copy_(image.permute(1, 2, 0))
+        out_masks[start:start + size].view(mask.shape).copy_(mask)
+        start += size
     return out_images, out_masks, list(geometry)
 
 

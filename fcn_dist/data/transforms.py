@@ -206,22 +206,33 @@ def finish_windows(images: torch.Tensor, masks: torch.Tensor, geometry) -> tuple
     float32 and rounds, so image pixels may differ by one level.
 
     Args:
-        images: uint8 (B, 3, H, W); sample k's window is ``images[k, :, :h, :w]``.
-        masks: uint8 (B, H, W), window ``masks[k, :h, :w]``.
+        images: uint8 (3 * sum(h * w),): the windows' (h, w, 3) pixels back to back (``window_collate``).
+        masks: uint8 (sum(h * w),): their (h, w) masks back to back.
         geometry: B tuples from ``WindowScaleCrop`` (plain ints: no device synchronisation).
 
     Returns:
         images uint8 (B, 3, crop_h, crop_w) and masks uint8 (B, crop_h, crop_w) on the same device.
+
+    Raises:
+        ValueError: the geometry does not describe the packed pixels.
     """
     resize = RandomScaleCrop((1.0, 1.0), (1, 1), TRAIN_FILL).transform  # uses only the params given
     out_images, out_masks = [], []
-    for image, mask, (height, width, out_h, out_w, *rest) in zip(images, masks, geometry):
+    start = 0
+    for height, width, out_h, out_w, *rest in geometry:
+        size = height * width
+        image = images[3 * start:3 * (start + size)].view(height, width, 3).permute(2, 0, 1)  # channels-last
+        mask = masks[start:start + size].view(height, width)
+        start += size
         params = {"window": (0, 0, height, width), "out": [out_h, out_w], "padding": list(rest[:4])}
         image, mask = resize(tv_tensors.Image(image), params), resize(tv_tensors.Mask(mask), params)
         if rest[4]:
             image, mask = F.horizontal_flip(image), F.horizontal_flip(mask)
         out_images.append(image.as_subclass(torch.Tensor))
         out_masks.append(mask.as_subclass(torch.Tensor))
+    if start != masks.numel() or images.numel() != 3 * start:
+        raise ValueError(f"the geometry covers {start} pixels but the batch packs {masks.numel()} mask and "
+                         f"{images.numel()} image values; pass window_collate's (images, masks, geometry) unchanged")
     return torch.stack(out_images), torch.stack(out_masks)
 
 
