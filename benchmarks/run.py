@@ -76,7 +76,7 @@ class Sizes:
     child_timeout_s: int
 
 
-FULL = Sizes(data_sizes=(200, 2000), bench_val=40, max_side=500, crop=(320, 480), batch=8, data_batches=40,
+FULL = Sizes(data_sizes=(200, 2000), bench_val=40, max_side=500, crop=(320, 480), batch=8, data_batches=120,
              data_rounds=3, warmup=2, steps=3, rounds=4, e2e_steps=16, eval_rounds=3, child_timeout_s=3600)
 QUICK = Sizes(data_sizes=(8, 16), bench_val=3, max_side=128, crop=(64, 96), batch=2, data_batches=2,
               data_rounds=1, warmup=1, steps=1, rounds=1, e2e_steps=2, eval_rounds=1, child_timeout_s=300)
