@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -143,3 +147,27 @@ def test_resize_on_device_is_a_no_op_without_a_rescale(synthetic_voc):
         assert loader.collate_fn is crop_collate and len(next(iter(loader))) == 2
     with pytest.raises(ConfigError, match="data.resize_on"):
         _cfg(synthetic_voc, "data.resize_on=gpu")
+
+
+def test_a_crash_with_live_workers_still_exits(synthetic_voc, tmp_path):
+    """Workers ignore SIGTERM (Slurm, see ignore_stop_signals). An uncaught exception keeps the
+    loader iterator alive in its traceback until exit, and multiprocessing's exit handler then
+    waited for those workers forever; the process must exit with the error instead."""
+    script = tmp_path / "crash.py"
+    script.write_text(textwrap.dedent(f"""
+        from fcn_dist.config import load_config
+        from fcn_dist.data import build_dataloaders
+
+        cfg = load_config(None, ["data.format=voc", "data.root={synthetic_voc}", "data.crop_size=[32,48]",
+                                 "data.batch_size=2", "data.num_workers=2"])
+        train, val = build_dataloaders(cfg)
+
+        def loop():
+            for k, batch in enumerate(train):
+                if k == 1:
+                    raise RuntimeError("crash in the training loop")
+
+        loop()
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "RuntimeError: crash in the training loop" in proc.stderr

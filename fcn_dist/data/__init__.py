@@ -17,7 +17,10 @@ the dataset only when the sampler has no ``set_epoch`` of its own, and with seve
 
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
+import time
 from pathlib import Path
 
 import torch
@@ -168,19 +171,49 @@ def list_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[t
     return list(images), list(masks)
 
 
+_exit_hook_registered = False
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: workers ignore SIGUSR1/SIGTERM.
 
     Slurm delivers a preemption or cancel signal to every process of the job; a worker killed
     by it would crash the loader before the training process could save its checkpoint. The
-    main process handles the signal and shuts the workers down itself.
+    main process handles the signal and shuts the workers down itself; if it exits without
+    doing so (an uncaught exception), ``_end_stray_workers`` kills them at exit.
     """
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _end_stray_workers(grace_s: float = 1.0) -> None:
+    """At exit, end daemonic child processes that outlive a SIGTERM (our loader workers).
+
+    The workers ignore SIGTERM (``ignore_stop_signals``). multiprocessing's own exit handler
+    ends daemonic children with SIGTERM and then joins them, so without this a process whose
+    loader iterator was still alive at exit (an uncaught exception keeps its frames in
+    ``sys.last_traceback``) would wait for its workers forever: a crashed job that never exits.
+    This does the same SIGTERM first, then kills whatever is still running after ``grace_s``.
+    Registered after multiprocessing's handler, so it runs first (atexit runs last-in first-out).
+    """
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    for child in children:
+        child.terminate()
+    deadline = time.monotonic() + grace_s
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
+        if child.is_alive():
+            child.kill()
+            child.join()
+
+
 def _loader_kwargs(data_cfg) -> dict:
+    global _exit_hook_registered
     workers = data_cfg.num_workers
+    if workers > 0 and not _exit_hook_registered:
+        import multiprocessing.util  # noqa: F401  registers its exit handler now, if not yet: before ours
+        atexit.register(_end_stray_workers)
+        _exit_hook_registered = True
     return {
         "num_workers": workers,
         "worker_init_fn": ignore_stop_signals if workers > 0 else None,
