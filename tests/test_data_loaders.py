@@ -136,8 +136,9 @@ def test_resize_on_device_finishes_to_the_loader_preset(synthetic_voc, workers):
             windows_smaller += sum(height * width < 48 * 64 for height, width, *_rest in geometry)
             finished = finish_windows(windows, window_masks, geometry)
             assert torch.equal(finished[0], images) and torch.equal(finished[1], masks)
-            with pytest.raises(ValueError, match="geometry covers .* pass window_collate's"):
-                finish_windows(windows, window_masks, geometry[:2])
+            for wrong in (geometry[:2], geometry + geometry[:1]):
+                with pytest.raises(ValueError, match="geometry covers .* pass window_collate's"):
+                    finish_windows(windows, window_masks, wrong)
     assert 0 < flips < 2 * 12 // 3 * 3 and windows_smaller > 0  # both flips drawn; windows really cut
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .transforms import AugmentedDataset, WindowScaleCrop, build_transforms
-from .voc import IGNORE_INDEX, VOC_CLASSES, DataError, VOCSegmentation, download_voc, find_voc_root
+from .voc import VOC_CLASSES, DataError, VOCSegmentation, download_voc, find_voc_root
 
 
 def class_names(data_cfg) -> list[str]:

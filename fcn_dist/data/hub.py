@@ -27,9 +27,10 @@ decoded (``--decoded``)  545 KiB/image   0.15 ms  (6,500 images/s)
 =======================  ==============  =========================
 
 A decoded read was the row (0.05 ms), the mask value check (0.04 ms) and the copy into tensors
-(0.04 ms). Since 2026-11-25 rows are sliced straight out of the Arrow buffers (``_Cells``): the row
-0.004 ms, the check 0.026, the copy 0.031; 0.07-0.09 ms per decoded read in all. Decoded pixels take 4 bytes per pixel, 12x the encoded size here (synthetic JPEGs
-compress better than photos); for VOC+SBD (12,031 images of up to 500x375) up to 8.4 GiB of page
+(0.04 ms). Since 2026-11-25 rows are sliced straight out of the Arrow buffers (``_Cells``): the
+row 0.004 ms, the check 0.026, the copy 0.031; 0.07-0.09 ms per decoded read in all. Decoded
+pixels take 4 bytes per pixel, 12x the encoded size here (synthetic JPEGs compress better than
+photos); for VOC+SBD (12,031 images of up to 500x375) up to 8.4 GiB of page
 cache per node, against an estimated ~1.4 GB encoded (VOC's JPEGs average roughly 110 KB). The
 default stays encoded: small, and fine for any dataset size. ``--decoded`` saves ~1.3 ms of CPU per
 image where decoding is the bottleneck (CPU-bound loaders, few CPU cores per GPU), at the price of
@@ -180,9 +181,8 @@ class _Cells:
     def __init__(self, column) -> None:
         import pyarrow as pa
 
-        self.variable = pa.types.is_binary(column.type) or pa.types.is_string(column.type) \
-            or pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type)
         large = pa.types.is_large_binary(column.type) or pa.types.is_large_string(column.type)
+        self.variable = large or pa.types.is_binary(column.type) or pa.types.is_string(column.type)
         self.first_rows, self.chunks = [], []
         first = 0
         for chunk in column.chunks:

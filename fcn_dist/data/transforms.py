@@ -216,6 +216,10 @@ def finish_windows(images: torch.Tensor, masks: torch.Tensor, geometry) -> tuple
     Raises:
         ValueError: the geometry does not describe the packed pixels.
     """
+    pixels = sum(height * width for height, width, *_ in geometry)
+    if masks.numel() != pixels or images.numel() != 3 * pixels:
+        raise ValueError(f"the geometry covers {pixels} pixels but the batch packs {masks.numel()} mask and "
+                         f"{images.numel()} image values; pass window_collate's (images, masks, geometry) unchanged")
     resize = RandomScaleCrop((1.0, 1.0), (1, 1), TRAIN_FILL).transform  # uses only the params given
     out_images, out_masks = [], []
     start = 0
@@ -230,9 +234,6 @@ def finish_windows(images: torch.Tensor, masks: torch.Tensor, geometry) -> tuple
             image, mask = F.horizontal_flip(image), F.horizontal_flip(mask)
         out_images.append(image.as_subclass(torch.Tensor))
         out_masks.append(mask.as_subclass(torch.Tensor))
-    if start != masks.numel() or images.numel() != 3 * start:
-        raise ValueError(f"the geometry covers {start} pixels but the batch packs {masks.numel()} mask and "
-                         f"{images.numel()} image values; pass window_collate's (images, masks, geometry) unchanged")
     return torch.stack(out_images), torch.stack(out_masks)
 
 
