@@ -298,28 +298,19 @@ def _fcn_model(spec: dict, variant: dict, device):
 
 
 def fcn_train_step(model, optimizer, batch, variant: dict, memory_format, device):
-    """fcn_dist's step: uint8 batch to the device, normalise there, autocast forward, fp32 loss, SGD.
+    """fcn_dist's step (``fcn_dist.engine.train_step``, as train.py runs it) on a batch moved to the device.
 
     No host sync: the loss stays on the device.
     """
     import torch
 
-    from fcn_dist.data.transforms import finish_windows, normalize
-    from fcn_dist.optim import segmentation_loss
+    from fcn_dist.engine import train_step
 
     images, masks, *windows = batch
-    images = images.to(device, non_blocking=True)
-    masks = masks.to(device, non_blocking=True)
-    if windows:  # data.resize_on=device, as train.py
-        images, masks = finish_windows(images, masks, *windows)
-    images = normalize(images).contiguous(memory_format=memory_format)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=variant["precision"] == "bf16"):
-        logits = model(images)
-    loss = segmentation_loss(logits, masks)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach()
+    batch = (images.to(device, non_blocking=True), masks.to(device, non_blocking=True), *windows)
+    loss, _ = train_step(model, optimizer, batch, memory_format, autocast=lambda: torch.autocast(
+        device.type, dtype=torch.bfloat16, enabled=variant["precision"] == "bf16"))
+    return loss
 
 
 def _d2l_model(device):
@@ -477,7 +468,7 @@ def child_eval(spec: dict) -> dict:
 
     from benchmarks import d2l_reference
     from fcn_dist.data import build_dataloaders
-    from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD
     from fcn_dist.evaluate import evaluate
     from fcn_dist.model import build_model, fold_batch_norms
 

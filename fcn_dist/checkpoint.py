@@ -20,9 +20,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .config import ConfigError, ModelConfig
+from .files import atomic_write, fsync_dir
 from .model import FCN
 
 META_PREFIX = "fcn_dist."
@@ -43,12 +44,6 @@ class ModelInfo:
     std: list[float]
     step: int
     metrics: dict[str, Any]
-
-
-def _atomic_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
 
 
 def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: ModelConfig, classes: list[str],
@@ -76,10 +71,9 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: Mod
         META_PREFIX + "step": str(int(step)),
         META_PREFIX + "metrics": json.dumps(metrics or {}),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    _atomic_replace(tmp, path)
+    data = save(state, metadata=metadata)  # bytes: save_file would replace the file with a 0600 one
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)
     return path
 
 
@@ -165,6 +159,10 @@ class TrainState:
     batch_in_epoch: int = 0
     best_miou: float = -1.0
     wandb_run_id: str = ""
+    last_eval: int = -1
+    """Step of the latest evaluation (so the end of training does not repeat it)."""
+    last_ckpt: int = -1
+    """Step of the latest checkpoint."""
 
     def state_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,7 +188,7 @@ def find_resume_checkpoint(run_dir: Path, resume: str) -> Path | None:
         found = complete_checkpoints(run_dir)
         return found[-1] if found else None
     path = Path(resume)
-    if not (path / "training_state").exists() and not any(path.glob("custom_checkpoint_*")):
+    if not any(path.glob("custom_checkpoint_*")):
         raise CheckpointError(f"train.resume={resume}: not a complete checkpoint folder (expected "
                               f"{run_dir}/{CHECKPOINTS}/step_XXXXXXXX)")
     return path
@@ -215,6 +213,7 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, keep_last: int) -> Pa
         if final.exists():  # the same step saved twice (e.g. step and epoch end coincide)
             shutil.rmtree(final)
         os.replace(tmp, final)
+        fsync_dir(folder)
         for old in complete_checkpoints(run_dir)[:-keep_last]:
             shutil.rmtree(old)
         for stale in folder.glob(".tmp-*"):

@@ -16,7 +16,6 @@ import ast
 import dataclasses
 import inspect
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -24,6 +23,9 @@ from typing import Any, Optional
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from .files import atomic_write_text
+from .labels import IGNORE_INDEX
 
 ARCHS = ("fcn32s", "fcn16s", "fcn8s")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
@@ -42,6 +44,39 @@ def _check_positive(section: str, key: str, value: float, allow_zero: bool = Fal
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ConfigError(f"{section}.{key}={value!r} must be {bound}")
+
+
+INFERENCE_MODES = ("whole", "slide")
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How inference covers an image (``fcn_dist.inference``): mode, slide tiles, test-time augmentation.
+
+    The defaults are the package's only tile/stride defaults: ``fcn-eval``/``fcn-predict``
+    flags and ``train.eval_mode=slide`` use them.
+    """
+
+    mode: str = "whole"
+    """whole (one pass, padded to a multiple of 32) or slide (overlapping tiles, logits averaged)."""
+    tile: tuple[int, int] = (320, 480)
+    """slide: (H, W) tile size, the training crop of the d2l recipe."""
+    stride: tuple[int, int] = (213, 320)
+    """slide: (H, W) step between tiles (a third of overlap)."""
+    flip: bool = False
+    """Also average the horizontally flipped pass."""
+    scales: tuple[float, ...] = (1.0,)
+    """Resize factors averaged over (1.0 alone runs no resize)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in INFERENCE_MODES:
+            raise ValueError(f"inference mode {self.mode!r} is not one of {', '.join(INFERENCE_MODES)}")
+        if len(self.tile) != 2 or min(self.tile) < 1 or len(self.stride) != 2 or min(self.stride) < 1:
+            raise ValueError(f"tile {self.tile} and stride {self.stride} must be (H, W) with positive sizes")
+        if any(s > t for s, t in zip(self.stride, self.tile)):
+            raise ValueError(f"stride {self.stride} larger than tile {self.tile} would leave pixels uncovered")
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales {self.scales} must be positive")
 
 
 @dataclass(frozen=True)
@@ -64,8 +99,8 @@ class ModelConfig:
         _check_choice("model", "backbone", self.backbone, BACKBONES)
         _check_choice("model", "upsample", self.upsample, ("learnable", "fixed"))
         _check_positive("model", "num_classes", self.num_classes)
-        if self.num_classes > 255:
-            raise ConfigError("model.num_classes must be <= 255: masks are uint8 and 255 is void")
+        if self.num_classes > IGNORE_INDEX:
+            raise ConfigError(f"model.num_classes must be <= {IGNORE_INDEX}: masks are uint8 and {IGNORE_INDEX} is void")
 
 
 @dataclass(frozen=True)
@@ -207,7 +242,7 @@ class TrainConfig:
         if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as a boolean
             object.__setattr__(self, "mixed_precision", "no")
         _check_choice("train", "mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
-        _check_choice("train", "eval_mode", self.eval_mode, ("whole", "slide"))
+        _check_choice("train", "eval_mode", self.eval_mode, INFERENCE_MODES)
         _check_positive("train", "epochs", self.epochs)
         _check_positive("train", "grad_accum", self.grad_accum)
         _check_positive("train", "keep_last", self.keep_last)
@@ -255,7 +290,6 @@ class Config:
         return Path(self.train.output_dir) / (self.train.run_name or self.name)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
 _SECTION_CLASSES = {
     "model": ModelConfig, "data": DataConfig, "optim": OptimConfig, "train": TrainConfig, "log": LogConfig,
 }
@@ -350,12 +384,7 @@ def config_to_dict(cfg: Config) -> dict:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically; ``load_config`` reads it back equal."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-    os.replace(tmp, path)
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def _field_docs(cls: type) -> dict[str, str]:

@@ -35,12 +35,15 @@ from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_model
-from .config import ConfigError, DataConfig
-from .data import list_collate
-from .data.voc import VOC_CLASSES, DataError
-from .inference import InferenceOptions, add_inference_args, infer_logits, model_from_args, options_from_args
+from .checkpoint import load_model
+from .cli import eval_main, model_from_args, run_guarded
+from .config import DataConfig, InferenceOptions
+from .data import build_dataset, list_collate, loader_kwargs
+from .files import atomic_write, atomic_write_text
+from .inference import infer_logits
+from .labels import class_names
 from .metrics import compute_scores, confusion_matrix
+from .process import loader_worker_init
 
 WANDB_EXAMPLES = 4
 """(image, prediction, label) examples that ``fcn-eval --wandb`` logs as ``val/examples``."""
@@ -51,7 +54,7 @@ class EvalResult:
     """What one evaluation gives.
 
     Attributes:
-        metrics: the DESIGN.md JSON without ``checkpoint`` and ``split``: mIoU,
+        metrics: the docs/DESIGN.md "Evaluation JSON" without ``checkpoint`` and ``split``: mIoU,
             pixel_accuracy, mean_accuracy, fwIoU, per_class_IoU {name: float or None},
             num_images, confusion_matrix (list of lists).
         confusion: int64 (C, C) confusion matrix summed over all processes, on the CPU.
@@ -64,17 +67,8 @@ class EvalResult:
     examples: list
 
 
-def _class_names(num_classes: int, classes: Sequence[str] | None = None) -> list[str]:
-    """``classes``, or the VOC names for 21 classes, or ``class_<i>``."""
-    if classes is not None:
-        if len(classes) != num_classes:
-            raise ValueError(f"{len(classes)} class names for {num_classes} classes")
-        return list(classes)
-    return list(VOC_CLASSES) if num_classes == len(VOC_CLASSES) else [f"class_{i}" for i in range(num_classes)]
-
-
 def metrics_from_confusion(cm: torch.Tensor, classes: Sequence[str], num_images: int) -> dict:
-    """The DESIGN.md metrics dict (without checkpoint and split) of a confusion matrix.
+    """The docs/DESIGN.md "Evaluation JSON" dict (without checkpoint and split) of a confusion matrix.
 
     Args:
         cm: int64 (C, C), rows true, columns predicted.
@@ -112,7 +106,7 @@ def _predict_batch(model: torch.nn.Module, images, masks, mean: Sequence[float],
     triples: list = [None] * len(images)
     for idx, group_images, group_masks in groups:
         group_images, group_masks = group_images.to(device), group_masks.to(device)
-        preds = infer_logits(model, group_images, mean, std, **options.kwargs()).argmax(dim=1)
+        preds = infer_logits(model, group_images, mean, std, options).argmax(dim=1)
         for i, image, pred, label in zip(idx, group_images, preds, group_masks):
             triples[i] = (image, pred, label)
     return triples
@@ -147,7 +141,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_class
         mean, std: normalisation of the model's inputs.
         mode: ``whole``, ``slide``, or InferenceOptions (tiles, flip, scales).
         num_examples: (image, prediction, label) triples to keep from the main process.
-        classes: C class names for ``per_class_IoU``; None gives VOC names (or class_<i>).
+        classes: C class names for ``per_class_IoU``; None gives ``labels.class_names``' fallback.
 
     Returns:
         EvalResult, identical on every process (except ``examples``).
@@ -157,7 +151,7 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_class
         RuntimeError: the number of images counted differs from the dataset length.
     """
     options = mode if isinstance(mode, InferenceOptions) else InferenceOptions(mode=mode)
-    names = _class_names(num_classes, classes)
+    names = class_names(classes, num_classes)
     if accelerator.num_processes > 1 and not isinstance(loader, (DataLoaderShard, DataLoaderDispatcher)):
         raise ValueError("evaluate() with several processes needs a loader prepared by accelerator.prepare; "
                          "otherwise every process would score every image")
@@ -249,59 +243,26 @@ def write_eval_files(metrics: dict, path: Union[str, os.PathLike]) -> tuple[Path
     """Write the metrics JSON and, beside it, ``<stem>_confusion.png``; both atomically.
 
     Args:
-        metrics: the DESIGN.md dict (``metrics_from_confusion`` plus checkpoint and split).
+        metrics: the docs/DESIGN.md "Evaluation JSON" dict (``metrics_from_confusion`` + checkpoint, split).
         path: the JSON file.
 
     Returns:
         (JSON path, PNG path).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     png = path.with_name(f"{path.stem}_confusion.png")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(metrics, indent=1) + "\n")
-    os.replace(tmp, path)
-    tmp_png = png.with_name(f".{png.name}.tmp")
-    render_confusion(torch.tensor(metrics["confusion_matrix"]), list(metrics["per_class_IoU"])).save(tmp_png, "PNG")
-    os.replace(tmp_png, png)
+    atomic_write_text(path, json.dumps(metrics, indent=1) + "\n")
+    with atomic_write(png) as tmp:
+        render_confusion(torch.tensor(metrics["confusion_matrix"]), list(metrics["per_class_IoU"])).save(tmp, "PNG")
     return path, png
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fcn-eval", description="Evaluate an exported fcn_dist model (.safetensors) on every image of a split, "
-        "at full resolution; runs under accelerate launch / torchrun with any number of processes.",
-        epilog="exit codes: 0 success; 2 bad checkpoint (missing, truncated, pickle, not an fcn_dist export), "
-               "bad data root or split, or bad arguments.")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
-    parser.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, the VOC2012 folder, "
-                        "or an Arrow dataset (--data-format arrow)")
-    parser.add_argument("--data-format", choices=("voc", "arrow"), default="voc",
-                        help="dataset reader (default: %(default)s)")
-    parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=1, help="images per process per step; images of one "
-                        "size in a batch share a forward pass (default: %(default)s)")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process "
-                        "(default: %(default)s)")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
-                        help="autocast precision (default: %(default)s)")
-    parser.add_argument("--output", type=Path, help="metrics JSON to write; the confusion-matrix PNG goes beside it "
-                        "as <stem>_confusion.png")
-    parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (offline without an "
-                        "API key; WANDB_MODE overrides)")
-    parser.add_argument("--wandb-project", default="fcn_dist", help="W&B project (default: %(default)s)")
-    add_inference_args(parser)
-    return parser
-
-
 def _build_loader(args: argparse.Namespace, classes: list[str]):
-    from .data import build_dataset
-
     data_cfg = DataConfig(root=args.data_root, format=args.data_format, classes=list(classes),
-                          eval_batch_size=args.batch_size, num_workers=args.num_workers)
+                          num_workers=args.num_workers)
     dataset = build_dataset(data_cfg, args.split, train=False)
-    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False,
-                                       num_workers=args.num_workers, collate_fn=list_collate)
+    return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=list_collate,
+                                       **loader_kwargs(data_cfg, loader_worker_init()))
 
 
 def _log_wandb(accelerator: Accelerator, args: argparse.Namespace, result: EvalResult, classes: list[str]) -> None:
@@ -309,7 +270,7 @@ def _log_wandb(accelerator: Accelerator, args: argparse.Namespace, result: EvalR
 
     out_dir = (args.output.parent if args.output else Path.cwd()).resolve()
     accelerator.init_trackers(args.wandb_project, config={"checkpoint": str(args.checkpoint), "split": args.split,
-                                                          **options_from_args(args).kwargs()},
+                                                          **dataclasses.asdict(args.options)},
                               init_kwargs={"wandb": {"job_type": "eval", "dir": str(out_dir), "mode": wandb_mode()}})
     accelerator.log({**val_scalars(result.metrics, classes), "val/num_images": result.metrics["num_images"]})
     if accelerator.is_main_process:
@@ -321,7 +282,7 @@ def _run(args: argparse.Namespace, accelerator: Accelerator) -> None:
     model = model_from_args(model, args)
     loader = accelerator.prepare(_build_loader(args, info.classes))
     result = evaluate(model, loader, accelerator, len(info.classes), info.mean, info.std,
-                      mode=options_from_args(args), num_examples=WANDB_EXAMPLES if args.wandb else 0,
+                      mode=args.options, num_examples=WANDB_EXAMPLES if args.wandb else 0,
                       classes=info.classes)
     if args.wandb:
         _log_wandb(accelerator, args, result, info.classes)
@@ -333,27 +294,20 @@ def _run(args: argparse.Namespace, accelerator: Accelerator) -> None:
             print(f"wrote {json_path} and {png_path}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fcn-eval``: evaluate a .safetensors checkpoint; returns the exit code."""
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        options_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.batch_size < 1 or args.num_workers < 0:
-        parser.error("--batch-size must be >= 1 and --num-workers >= 0")
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed ``fcn-eval`` (``fcn_dist.cli.eval_parser``); returns the exit code."""
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
                               dataloader_config=DataLoaderConfiguration(even_batches=False),
                               log_with="wandb" if args.wandb else None)
     try:
-        _run(args, accelerator)
-    except (CheckpointError, DataError, ConfigError) as err:
-        print(f"fcn-eval: error: {err}", file=sys.stderr)
-        return 2
+        return run_guarded("fcn-eval", lambda: _run(args, accelerator) or 0)
     finally:
         accelerator.end_training()  # finishes W&B and destroys the process group (gloo aborts otherwise)
-    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fcn-eval`` / ``python -m fcn_dist.evaluate``; returns the exit code."""
+    return eval_main(argv)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,12 @@ Modes (``infer_logits``):
   over ``scales`` (resize, infer, resize back) and, with ``flip``, horizontal flips.
 
 Images come in as uint8 and are normalised here with the checkpoint's mean/std. Plain
-PyTorch: nothing here knows about processes.
+PyTorch: nothing here knows about processes. ``InferenceOptions`` (``fcn_dist.config``) holds
+the modes' settings and the only tile/stride defaults.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 from typing import Sequence, Union
 
 import numpy as np
@@ -27,36 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.transforms import normalize
-from .model import fold_batch_norms
-
-MODES = ("whole", "slide")
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceOptions:
-    """How ``infer_logits`` covers an image (see the module docstring)."""
-
-    mode: str = "whole"
-    tile: tuple[int, int] = (320, 480)
-    stride: tuple[int, int] = (213, 320)
-    flip: bool = False
-    scales: tuple[float, ...] = (1.0,)
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"inference mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if len(self.tile) != 2 or min(self.tile) < 1 or len(self.stride) != 2 or min(self.stride) < 1:
-            raise ValueError(f"tile {self.tile} and stride {self.stride} must be (H, W) with positive sizes")
-        if any(s > t for s, t in zip(self.stride, self.tile)):
-            raise ValueError(f"stride {self.stride} larger than tile {self.tile} would leave pixels uncovered")
-        if not self.scales or min(self.scales) <= 0:
-            raise ValueError(f"scales {self.scales} must be positive")
-
-    def kwargs(self) -> dict:
-        """The options as keyword arguments of ``infer_logits``."""
-        return dataclasses.asdict(self)
-
+from .config import InferenceOptions
+from .model import hwc_to_chw, normalize
 
 def tile_windows(height: int, width: int, tile: Sequence[int],
                  stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
@@ -109,8 +80,7 @@ def _forward(model: torch.nn.Module, images: torch.Tensor, mode: str, tile: Sequ
 
 
 def infer_logits(model: torch.nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                 mode: str = "whole", tile: Sequence[int] = (320, 480), stride: Sequence[int] = (213, 320),
-                 flip: bool = False, scales: Sequence[float] = (1.0,)) -> torch.Tensor:
+                 options: InferenceOptions = InferenceOptions()) -> torch.Tensor:
     """Logits of a batch of same-size images at their own resolution.
 
     Call it under ``torch.inference_mode()`` (and, for mixed precision, inside an autocast
@@ -121,15 +91,11 @@ def infer_logits(model: torch.nn.Module, images: torch.Tensor, mean: Sequence[fl
         images: uint8 (B, 3, H, W) on the model's device; made channels_last when the
             model's weights are.
         mean, std: normalisation of the checkpoint (``ModelInfo.mean``/``std``).
-        mode: ``whole`` or ``slide``.
-        tile, stride: (h, w) tile size and step of ``slide``, at each scale.
-        flip: also average the horizontally flipped pass.
-        scales: resize factors averaged over (1.0 alone runs no resize).
+        options: mode (whole or slide), slide tile and stride (at each scale), flip, scales.
 
     Returns:
         float32 logits (B, C, H, W), averaged over scales and flips.
     """
-    options = InferenceOptions(mode, tuple(tile), tuple(stride), flip, tuple(scales))
     x = normalize(images, mean, std)
     if _is_channels_last(model):  # convolutions run faster when input and weights share the layout
         x = x.contiguous(memory_format=torch.channels_last)
@@ -161,7 +127,7 @@ def image_to_tensor(image: Union[Image.Image, np.ndarray, torch.Tensor]) -> torc
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+        return hwc_to_chw(image).contiguous()
     if isinstance(image, torch.Tensor):
         if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) uint8 tensor, got {image.dtype} {tuple(image.shape)}")
@@ -187,46 +153,6 @@ def predict_image(model: torch.nn.Module, info, image: Union[Image.Image, np.nda
     was_training = model.training
     model.eval()
     with torch.inference_mode():
-        logits = infer_logits(model, images, info.mean, info.std, **options.kwargs())
+        logits = infer_logits(model, images, info.mean, info.std, options)
     model.train(was_training)
     return logits.argmax(dim=1)[0].cpu()
-
-
-def add_inference_args(parser: argparse.ArgumentParser) -> None:
-    """Add --mode, --tile, --stride, --flip, --channels-last, --fold-bn and --scales (fcn-eval and fcn-predict)."""
-    default = InferenceOptions()
-    group = parser.add_argument_group("inference")
-    group.add_argument("--mode", choices=MODES, default=default.mode,
-                       help="whole: pad to a multiple of 32, run, crop; slide: tiles with averaged overlaps "
-                            "(default: %(default)s)")
-    group.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), default=list(default.tile),
-                       help="slide tile size (default: %(default)s)")
-    group.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=list(default.stride),
-                       help="slide tile step (default: %(default)s)")
-    group.add_argument("--flip", action="store_true", help="average logits with the horizontally flipped image")
-    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                       help="run the network in channels_last memory format (faster on CPU and tensor cores; "
-                            "default: %(default)s)")
-    group.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
-                       help="fold each BatchNorm into the convolution before it (same function up to float "
-                            "rounding, a few %% faster; default: %(default)s)")
-    group.add_argument("--scales", type=float, nargs="+", default=list(default.scales),
-                       help="average logits over these resize factors, e.g. 0.75 1.0 1.25 (default: %(default)s)")
-
-
-def model_from_args(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
-    """The model as ``--fold-bn`` and ``--channels-last`` ask, in eval mode (a copy when folded)."""
-    if args.fold_bn:
-        model = fold_batch_norms(model)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return model.eval()
-
-
-def options_from_args(args: argparse.Namespace) -> InferenceOptions:
-    """InferenceOptions from the arguments added by ``add_inference_args``.
-
-    Raises:
-        ValueError: invalid tile, stride or scales.
-    """
-    return InferenceOptions(args.mode, tuple(args.tile), tuple(args.stride), args.flip, tuple(args.scales))

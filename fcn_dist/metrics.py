@@ -2,7 +2,7 @@
 
 Pure functions on tensors, for any device and any shape; summing confusion matrices over
 images, batches or processes (done by ``evaluate.py``) and then scoring gives exactly the
-scores of the whole set. Conventions (DESIGN.md, "Evaluation"):
+scores of the whole set. Conventions (docs/DESIGN.md, "Evaluation"):
 
 - ``cm[i, j]`` counts pixels of true class ``i`` predicted as class ``j``;
 - pixels labelled ``ignore_index`` (255, VOC's void border) are not counted;
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from .data.voc import IGNORE_INDEX
+from .labels import IGNORE_INDEX
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int,

@@ -13,8 +13,12 @@ cropped back to H x W. Padding only on the far sides keeps every pixel at the sa
 relative to the stride-32 grid as in an unpadded image (the geometry of the seed's network is
 unchanged; the logits still see the padding through the trunk's large receptive field).
 
-On CPU the final transposed conv runs as an equivalent 2x2 conv + pixel shuffle
-(``upsample_by_pixel_shuffle``: same parameters, same numbers, faster with bf16).
+On CPU, while training, the final transposed conv runs as an equivalent 2x2 conv + pixel shuffle
+(``upsample_by_pixel_shuffle``: same parameters, same numbers, faster with bf16); ``FCN.head``
+selects it.
+
+Inputs follow one convention, defined here: uint8 (3, H, W) images (``hwc_to_chw`` from decoded
+arrays), turned into float32 on the device by ``normalize`` with the ImageNet statistics.
 
 This module knows nothing about processes, logging or files other than weights.
 """
@@ -26,6 +30,9 @@ import urllib.error
 from collections import OrderedDict
 from pathlib import Path
 
+from typing import Sequence
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -33,7 +40,10 @@ from torch import nn
 
 from .config import ModelConfig
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_STRIDE = 32
+HEADS = ("auto", "pixel_shuffle", "conv_transpose")
 _TRUNK_CHANNELS = {  # (layer2, layer3, layer4) output channels
     "resnet18": (128, 256, 512), "resnet34": (128, 256, 512),
     "resnet50": (512, 1024, 2048), "resnet101": (512, 1024, 2048),
@@ -42,6 +52,33 @@ _IMAGENET_WEIGHTS = {
     "resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights",
     "resnet50": "ResNet50_Weights", "resnet101": "ResNet101_Weights",
 }
+
+
+def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
+              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+    """uint8 images to normalised float32, on the images' device and in their memory format.
+
+    Args:
+        images: uint8 (B, 3, H, W) or (3, H, W), values 0..255.
+        mean, std: per-channel statistics of images scaled to [0, 1].
+
+    Returns:
+        float32 tensor of the same shape: ``(images / 255 - mean) / std``.
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
+    return images.float().div_(255.0).sub_(mean_t).div_(std_t)
+
+
+def hwc_to_chw(image: np.ndarray) -> torch.Tensor:
+    """A decoded (H, W, 3) uint8 array as a (3, H, W) uint8 tensor.
+
+    One copy (PIL's buffers are read-only), kept in its decoded HWC order: the result is a
+    channels-last view. torch's uint8 antialiased resize is faster on channels-last images
+    (same values), and the train preset's random rescale is most of a sample's cost; call
+    ``.contiguous()`` where a plain layout is wanted.
+    """
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -88,7 +125,12 @@ class FCN(nn.Module):
             ``transpose_conv``), stride 32, 16 or 8 depending on the arch.
         score_layer3, up2_32 (fcn16s, fcn8s), score_layer2, up2_16 (fcn8s): skip scores and
             2x transposed convs.
+        head: how ``upsample`` runs: ``auto`` (``pixel_shuffle`` on CPU with autograd, else
+            ``conv_transpose``), ``pixel_shuffle`` (``upsample_by_pixel_shuffle``) or
+            ``conv_transpose`` (the plain layer). Same parameters and numbers up to rounding.
     """
+
+    head: str = "auto"
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -123,12 +165,13 @@ class FCN(nn.Module):
             logits = self.up2_32(logits) + self.score_layer3(feats["layer3"])
         if self.cfg.arch == "fcn8s":
             logits = self.up2_16(logits) + self.score_layer2(feats["layer2"])
-        # Same values; on CPU it avoids the slow weight gradient of ConvTranspose2d (see
-        # upsample_by_pixel_shuffle). Without autograd the plain layer is ~12% faster there.
-        if logits.device.type == "cpu" and torch.is_grad_enabled():
-            logits = upsample_by_pixel_shuffle(logits, self.upsample)
-        else:
-            logits = self.upsample(logits)
+        if self.head not in HEADS:
+            raise ValueError(f"FCN.head={self.head!r} is not one of {', '.join(HEADS)}")
+        # auto: on CPU the 2x2 conv avoids ConvTranspose2d's slow weight gradient (see
+        # upsample_by_pixel_shuffle); without autograd the plain layer is the faster one there.
+        fast = self.head == "pixel_shuffle" or (
+            self.head == "auto" and logits.device.type == "cpu" and torch.is_grad_enabled())
+        logits = upsample_by_pixel_shuffle(logits, self.upsample) if fast else self.upsample(logits)
         return logits[..., :h, :w]
 
 
@@ -143,28 +186,14 @@ def upsample_by_pixel_shuffle(x: torch.Tensor, layer: nn.ConvTranspose2d) -> tor
     dicts and checkpoints are those of the plain layer.
 
     Why: on CPU (torch 2.14, oneDNN 3.12) ``ConvTranspose2d``'s weight gradient always runs
-    oneDNN's generic im2col + gemm fallback (``conv:any+x64:gemm:jit``); with bf16 autocast and
-    channels_last the fcn32s head costs 660 of the ~2,500 ms of a training step (batch 8,
-    320x480, 1 thread: forward 250, data gradient 48, weight gradient 363 ms). As a 2x2 conv it
-    takes oneDNN's brgemm kernels (forward 69, backward 96 ms) plus ~200 ms of shuffle copies.
-    Measured on a 2-core AMD EPYC (Zen 4, AVX512-BF16), CPU time, 1 thread, medians of
-    interleaved runs, channels_last:
-
-    ============================================  ===============  ==========================
-    case                                          ConvTranspose2d  upsample_by_pixel_shuffle
-    ============================================  ===============  ==========================
-    head alone, fwd + bwd, (8, 21, 10, 15), fp32  972-1008 ms      890-893 ms
-    head alone, fwd + bwd, bf16 autocast          739-774 ms       566-582 ms
-    training step, fp32 (8 rounds)                4.33 s           4.37 s (same within noise)
-    training step, bf16 autocast (8 rounds)       2.57 s           2.38 s
-    ============================================  ===============  ==========================
-
-    bf16 autocast is not slower than fp32 on this CPU in any layout (2.57 vs 4.33 s per step
-    with channels_last, 2.67 vs 4.62 s without), with or without this path; running the head
-    in fp32 under bf16 autocast was slower (2.81 s). See ``benchmarks/README.md``. GPUs keep
-    ``nn.ConvTranspose2d`` (cuDNN): nothing has been measured there yet. So does inference on CPU:
-    forward only, bf16, channels_last, one 384x512 image, the plain layer ran 17.5 img/s against
-    15.4 for this form.
+    oneDNN's generic im2col + gemm fallback (``conv:any+x64:gemm:jit``), which makes the fcn32s
+    head the most expensive single layer of a bf16 training step. As a 2x2 conv it takes oneDNN's
+    brgemm kernels, plus the copies of the shuffle: the bf16 training step gets faster and the
+    fp32 one stays the same. bf16 autocast is not slower than fp32 on CPU in any layout, with or
+    without this path; running the head in fp32 under bf16 autocast was slower. GPUs keep
+    ``nn.ConvTranspose2d`` (cuDNN): nothing has been measured there yet. So does inference on
+    CPU (forward only, no autograd), where the plain layer was the faster one.
+    Measured figures: benchmarks/README.md, "Upsampling head".
 
     Args:
         x: (B, C_in, h, w).
@@ -195,9 +224,8 @@ def fold_batch_norms(model: nn.Module) -> nn.Module:
     ``bn(conv(x))`` in eval mode is an affine map per channel, so it folds into the
     convolution's weight and bias (``torch.nn.utils.fusion.fuse_conv_bn_eval``); the BatchNorm
     becomes ``nn.Identity``. Same function up to float rounding (fp32: ~4e-5 on logits of
-    magnitude ~10), one pass over each activation less: forward only, bf16, channels_last,
-    one 384x512 image on the 2-core EPYC, 19.2 against 18.5 images/s with autocast (10 interleaved
-    rounds; 20.6 with the weights also cast to bf16).
+    magnitude ~10), one pass over each activation less, so inference is a few per cent faster.
+    Measured figures: benchmarks/README.md, "Folded BatchNorms".
 
     Pairs are found by registration order: a BatchNorm2d registered directly after a Conv2d
     in the same parent with matching channels, as torchvision's ResNets register them and call

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcn_dist.config import OptimConfig
-from fcn_dist.data.voc import IGNORE_INDEX
+from fcn_dist.labels import IGNORE_INDEX
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -39,7 +39,7 @@ def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_st
 
 
 def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-pixel cross-entropy in fp32, void (255) ignored, averaged over all pixels of the batch.
+    """Per-pixel cross-entropy in fp32, void (``IGNORE_INDEX``) ignored, averaged over all pixels of the batch.
 
     Dividing by every pixel, void included (mmsegmentation's default ``avg_non_ignore=False``),
     makes the loss of a batch the mean of its per-process losses whatever the split, so N
@@ -47,7 +47,7 @@ def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
 
     Args:
         logits: (B, C, H, W) in any float dtype.
-        masks: (B, H, W) integer class ids, 255 = void.
+        masks: (B, H, W) integer class ids, ``IGNORE_INDEX`` = void.
 
     Returns:
         Scalar fp32 loss.

@@ -24,9 +24,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checkpoint import CheckpointError, load_model
-from .data.voc import VOC_PALETTE, DataError, decode_image
-from .inference import InferenceOptions, add_inference_args, infer_logits, model_from_args, options_from_args
+from .checkpoint import load_model
+from .cli import model_from_args, predict_main, run_guarded
+from .config import InferenceOptions
+from .data.voc import DataError, decode_image
+from .files import atomic_write
+from .labels import VOC_PALETTE
+from .model import hwc_to_chw
+from .inference import infer_logits
+from .process import EXIT_PARTIAL
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 OVERLAY_ALPHA = 0.5
@@ -84,7 +90,7 @@ def _batches(paths: list[Path], batch_size: int, failed: list[str]) -> Iterator[
     pending: dict[tuple[int, int], list[tuple[Path, torch.Tensor]]] = {}
     for path in paths:
         try:
-            image = torch.from_numpy(np.ascontiguousarray(decode_image(path, str(path)).transpose(2, 0, 1)))
+            image = hwc_to_chw(decode_image(path, str(path)))
         except DataError as err:
             # the reader's message ends with a fix about split files, which does not apply here
             failed.append(str(err).split("; ")[0])
@@ -117,64 +123,43 @@ def predict_files(model: torch.nn.Module, info, paths: list[Path], out_dir: Path
     with tqdm(total=len(paths), unit="img", desc="predict") as bar, torch.inference_mode():
         for batch in _batches(paths, batch_size, failed):
             images = torch.stack([image for _, image in batch]).to(device)
-            preds = infer_logits(model, images, info.mean, info.std, **options.kwargs()).argmax(dim=1).cpu()
+            preds = infer_logits(model, images, info.mean, info.std, options).argmax(dim=1).cpu()
             for (path, image), pred in zip(batch, preds):
-                palette_mask(pred).save(out_dir / f"{path.stem}.png")
-                overlay(image, pred).save(out_dir / f"{path.stem}_overlay.jpg", quality=90)
+                with atomic_write(out_dir / f"{path.stem}.png") as tmp:
+                    palette_mask(pred).save(tmp, "PNG")
+                with atomic_write(out_dir / f"{path.stem}_overlay.jpg") as tmp:
+                    overlay(image, pred).save(tmp, "JPEG", quality=90)
             bar.update(len(batch))
         bar.update(len(failed))
     return failed
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="fcn-predict", description="Predict class masks for images of any size with an exported fcn_dist "
-        "model: writes OUTPUT/<stem>.png (palette PNG, indices = class ids, VOC palette) and "
-        "OUTPUT/<stem>_overlay.jpg.",
-        epilog="exit codes: 0 every image written; 1 some images could not be read (each is named on stderr and "
-               "skipped; the others are written); 2 bad checkpoint (missing, truncated, pickle, not an fcn_dist "
-               "export), no images, or bad arguments.")
-    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
-    parser.add_argument("--output", required=True, type=Path, help="output folder")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=1, help="same-size images per forward pass "
-                        "(default: %(default)s)")
-    add_inference_args(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``fcn-predict``; returns the exit code (0 ok, 1 some images unreadable, 2 bad input)."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run a parsed ``fcn-predict`` (``fcn_dist.cli.predict_parser``); returns the exit code."""
+    name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
-        options = options_from_args(args)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    try:
-        device = torch.device(args.device)
+        device = torch.device(name)
     except RuntimeError as err:
         parser.error(f"--device {args.device}: {err}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
-    try:
+
+    def body() -> int:
         model, info = load_model(args.checkpoint, device)
-        model = model_from_args(model, args)
         paths = collect_images(args.inputs)
-    except (CheckpointError, DataError) as err:
-        print(f"fcn-predict: error: {err}", file=sys.stderr)
-        return 2
-    failed = predict_files(model, info, paths, args.output, options, args.batch_size)
-    for message in failed:
-        print(f"fcn-predict: skipped {message}", file=sys.stderr)
-    written = len(paths) - len(failed)
-    skipped = f"; {len(failed)} images skipped" if failed else ""
-    print(f"wrote {written} masks and overlays to {args.output}{skipped}")
-    return 1 if failed else 0
+        failed = predict_files(model_from_args(model, args), info, paths, args.output, args.options, args.batch_size)
+        for message in failed:
+            print(f"fcn-predict: skipped {message}", file=sys.stderr)
+        skipped = f"; {len(failed)} images skipped" if failed else ""
+        print(f"wrote {len(paths) - len(failed)} masks and overlays to {args.output}{skipped}")
+        return EXIT_PARTIAL if failed else 0
+
+    return run_guarded("fcn-predict", body)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fcn-predict`` / ``python -m fcn_dist.predict``; returns the exit code (0 ok, 1 some images unreadable, 2 bad input)."""
+    return predict_main(argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from fcn_dist.config import Config, config_to_dict
+from fcn_dist.files import atomic_write_text
 
 
 def wandb_mode() -> str:
@@ -68,9 +69,7 @@ class MetricsLog:
         if path.exists():
             rows = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= keep_until]
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text("".join(row + "\n" for row in rows))
-            os.replace(tmp, path)
+            atomic_write_text(path, "".join(row + "\n" for row in rows))
         self._file = open(path, "a", buffering=1)
 
     def write(self, row: dict[str, Any]) -> None:

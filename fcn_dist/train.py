@@ -6,17 +6,17 @@
     torchrun --nproc_per_node 2 -m fcn_dist.train --config configs/demo.yaml
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m fcn_dist.train ...  # CPU, gloo
 
-Reads top to bottom: config, Accelerator, data, model, optimizer, resume, loop. Exit codes:
-0 done, 2 bad config or input, 3 non-finite loss, 75 (EX_TEMPFAIL) stopped by SIGUSR1/SIGTERM
-after saving a checkpoint: requeue and rerun the same command to resume.
+``run(cfg)`` reads top to bottom: Accelerator, data, model, optimizer, resume, loop. The step
+itself is ``fcn_dist.engine.train_step``; ``Outputs`` owns everything the loop writes (log rows,
+evaluations, checkpoints, exports) and checks finiteness before any weights are written. Exit
+codes (``fcn_dist.process``): 0 done, 2 bad config or input, 3 non-finite loss or weights, 75
+(EX_TEMPFAIL) stopped by SIGUSR1/SIGTERM after saving a checkpoint: rerun the same command to
+resume. The stop flag is read after every optimizer step (docs/DESIGN.md, "Stopping").
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
-import signal
 import socket
 import sys
 import time
@@ -29,91 +29,58 @@ from tqdm.auto import tqdm
 
 from fcn_dist.checkpoint import (CheckpointError, TrainState, complete_checkpoints, export_model,
                                  find_resume_checkpoint, save_checkpoint)
-from fcn_dist.config import ConfigError, config_reference, load_config, save_config
-from fcn_dist.data import build_dataloaders, class_names
-from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD, finish_windows, normalize
+from fcn_dist.cli import bad_input_errors, train_main
+from fcn_dist.config import ConfigError, save_config
+from fcn_dist.data import build_dataloaders
 from fcn_dist.data.voc import DataError
+from fcn_dist.engine import train_step
 from fcn_dist.evaluate import evaluate, write_eval_files
-from fcn_dist.model import PretrainedWeightsError, build_model
-from fcn_dist.optim import build_optimizer, build_scheduler, segmentation_loss
+from fcn_dist.labels import class_names
+from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+from fcn_dist.optim import build_optimizer, build_scheduler
+from fcn_dist.process import EXIT_NONFINITE, EXIT_PREEMPTED, StopFlag, fail, loader_worker_init
 from fcn_dist.tracking import MetricsLog, flat_config, val_scalars, wandb_init_kwargs, wandb_media
 
-EXIT_BAD_INPUT = 2
-EXIT_NONFINITE = 3
-EXIT_PREEMPTED = 75
 
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-class _StopFlag:
-    """Set by SIGUSR1/SIGTERM; the loop checks it at step boundaries, in step on every process."""
-
-    def __init__(self):
-        self.signum = 0
-        for signum in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(signum, self._set)
-
-    def _set(self, signum, frame):
-        self.signum = signum
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="fcn-train", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__, epilog="Config keys (section.key=value overrides): run "
-        "`fcn-train --print-config-reference` or see README.md#configuration.")
-    parser.add_argument("--config", help="YAML config file (e.g. configs/demo.yaml); defaults only if omitted")
-    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
-                        help="dotted overrides applied after the YAML, e.g. optim.lr=0.01 train.max_steps=100")
-    parser.add_argument("--print-config-reference", action="store_true",
-                        help="print every config key with its type, default and meaning, then exit")
-    return parser.parse_args(argv)
+class NonFiniteError(RuntimeError):
+    """The training loss or the weights became NaN or infinite."""
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.print_config_reference:
-        print(config_reference(), end="")
-        return 0
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"fcn-train: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    run_dir = cfg.run_dir()
+    """``python -m fcn_dist.train`` / ``accelerate launch fcn_dist/train.py``: as ``fcn-train``."""
+    return train_main(argv)
 
+
+def run(cfg) -> int:
+    """Train the run of a validated Config; returns the exit code."""
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
         log_with="wandb" if cfg.log.wandb else None,
-        project_dir=str(run_dir),
+        project_dir=str(cfg.run_dir()),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cfg.data.pin_memory),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))])
     # newline inside, one write: print writes `end` apart, and unbuffered ranks' lines then interleave
     print(f"fcn_dist process rank={accelerator.process_index} world_size={accelerator.num_processes} "
           f"local_rank={accelerator.local_process_index} host={socket.gethostname()}\n", end="", flush=True)
-    stop = _StopFlag()
+    stop = StopFlag()
     try:
         return _train(cfg, accelerator, stop)
-    except (ConfigError, DataError, CheckpointError, PretrainedWeightsError) as err:
-        print(f"fcn-train: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except NonFiniteLossError as err:
-        print(f"fcn-train: error: {err}", file=sys.stderr)
-        return EXIT_NONFINITE
+    except bad_input_errors() as err:
+        return fail("fcn-train", err)
+    except NonFiniteError as err:
+        return fail("fcn-train", err, EXIT_NONFINITE)
     finally:
         _end(accelerator, stop)
 
 
-def _end(accelerator: Accelerator, stop: _StopFlag) -> None:
+def _end(accelerator: Accelerator, stop: StopFlag) -> None:
     """Finish W&B and destroy the process group (gloo aborts at exit otherwise)."""
     try:
         accelerator.end_training()
     except ConnectionError as err:
-        if stop.signum != signal.SIGTERM:
+        if not stop.terminated:
             raise
         # A job-wide SIGTERM (scancel, time limit) also stops wandb's service process.
         print(f"fcn-train: warning: W&B run not finished ({err}); metrics.jsonl holds every logged row and "
@@ -121,7 +88,7 @@ def _end(accelerator: Accelerator, stop: _StopFlag) -> None:
         accelerator.state.destroy_process_group()
 
 
-def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
+def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
     run_dir = cfg.run_dir()
     if cfg.train.resume == "never" and complete_checkpoints(run_dir):  # before anything in it is touched
         raise CheckpointError(f"{run_dir} already holds checkpoints and train.resume=never: use train.resume=auto "
@@ -132,9 +99,7 @@ def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
     torch.backends.cudnn.benchmark = True
 
     with accelerator.main_process_first():  # the main process generates synthetic data first
-        train_loader, val_loader = build_dataloaders(cfg)
-    classes, mean, std = class_names(cfg.data), IMAGENET_MEAN, IMAGENET_STD
-
+        train_loader, val_loader = build_dataloaders(cfg, loader_worker_init())
     model = build_model(cfg.model)
     if cfg.train.sync_bn and accelerator.num_processes > 1:
         if accelerator.device.type != "cuda":
@@ -156,63 +121,12 @@ def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
     scheduler = build_scheduler(cfg.optim, optimizer, total_steps)
     state = TrainState()
     accelerator.register_for_checkpointing(scheduler, state)
-
     resume_from = find_resume_checkpoint(run_dir, cfg.train.resume)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         accelerator.print(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, "
                           f"batch {state.batch_in_epoch})")
-    if cfg.log.wandb:
-        accelerator.init_trackers(cfg.log.project, config=flat_config(cfg),
-                                  init_kwargs={"wandb": wandb_init_kwargs(cfg, run_dir, state.wandb_run_id)})
-        if accelerator.is_main_process:
-            state.wandb_run_id = accelerator.get_tracker("wandb", unwrap=True).id
-    # Rows logged after the checkpoint we resume from are dropped: they are about to be logged again.
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", keep_until=state.step) if accelerator.is_main_process else None
-
-    def log(row: dict) -> None:
-        row = {"step": state.step, "epoch": state.epoch, **row}
-        if metrics_log is not None:
-            metrics_log.write({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
-        if stop.signum != signal.SIGTERM:  # a job-wide SIGTERM also stopped wandb's service process
-            accelerator.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=state.step)
-
-    def run_eval() -> None:
-        result = evaluate(model, val_loader, accelerator, cfg.model.num_classes, mean, std,
-                          mode=cfg.train.eval_mode, num_examples=cfg.log.num_images if cfg.log.wandb else 0,
-                          classes=classes)
-        row = val_scalars(result.metrics, classes)
-        if cfg.log.wandb and accelerator.is_main_process and stop.signum != signal.SIGTERM:
-            row.update(wandb_media(result.examples, result.confusion, classes))
-        log(row)
-        if accelerator.is_main_process:
-            write_eval_files({**result.metrics, "checkpoint": f"step {state.step}", "split": cfg.data.val_split},
-                             run_dir / "eval" / f"step_{state.step:08d}.json")
-            if result.metrics["mIoU"] > state.best_miou:
-                state.best_miou = result.metrics["mIoU"]
-                export(run_dir / "model_best.safetensors", result.metrics)
-
-    def export(path, metrics: dict | None = None) -> None:
-        export_model(accelerator.unwrap_model(model), path, cfg.model, classes, mean, std, state.step, metrics)
-
-    def checkpoint() -> None:
-        save_checkpoint(accelerator, run_dir, state.step, cfg.train.keep_last)
-        if accelerator.is_main_process:
-            export(run_dir / "model_last.safetensors")
-
-    def check_finite(loss_sum: torch.Tensor, first_bad: torch.Tensor) -> None:
-        bad = int(accelerator.reduce(first_bad.clone(), "max"))
-        if bad >= 0 or not math.isfinite(float(loss_sum)):
-            raise NonFiniteLossError(f"non-finite loss at step {max(bad, state.step)}; the last checkpoint in "
-                                     f"{run_dir}/checkpoints is intact (lower optim.lr or try "
-                                     "train.mixed_precision=bf16/no)")
-
-    def stop_requested() -> bool:
-        """All processes agree, so they stop at the same step (one tiny all-reduce, at log steps only)."""
-        if accelerator.num_processes == 1:
-            return stop.signum != 0
-        flag = torch.tensor(float(stop.signum), device=accelerator.device)
-        return float(accelerator.reduce(flag, "max")) > 0
+    out = Outputs(cfg, accelerator, model, val_loader, state, stop)
 
     def is_boundary(step: int) -> bool:
         return step % cfg.log.every == 0 or step == total_steps
@@ -220,30 +134,20 @@ def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
     progress = tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
                     disable=not accelerator.is_main_process)
     model.train()
-    # Device-side accumulators: the loop never syncs with the host except at log steps.
-    loss_sum = torch.zeros((), device=accelerator.device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=accelerator.device)
-    window_start, window_batches, last_eval, last_ckpt = time.perf_counter(), 0, -1, -1
     while state.step < total_steps:
         train_loader.set_epoch(state.epoch)
         train_loader.dataset.set_epoch(state.epoch)  # Accelerate skips the dataset when the sampler has set_epoch
         batches = (accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
                    if state.batch_in_epoch else train_loader)
-        for images, masks, *windows in batches:
-            if windows:  # data.resize_on=device: the loader cut source windows; resize, pad and flip here
-                images, masks = finish_windows(images, masks, *windows)
+        for batch in batches:
             with accelerator.accumulate(model):
-                images = normalize(images, mean, std).contiguous(memory_format=memory_format)
-                loss = segmentation_loss(model(images), masks)
-                accelerator.backward(loss)
+                clip = None
                 if accelerator.sync_gradients and (cfg.optim.clip_grad_norm or is_boundary(state.step + 1)):
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm or math.inf)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                    def clip():
+                        return accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm or math.inf)
+                loss, grad_norm = train_step(model, optimizer, batch, memory_format, accelerator.backward, clip)
             state.batch_in_epoch += 1
-            window_batches += 1
-            loss_sum += loss.detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), state.step + 1, first_bad)
+            out.add_loss(loss, state.step + 1)
             if not accelerator.sync_gradients:
                 continue
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this step
@@ -251,50 +155,134 @@ def _train(cfg, accelerator: Accelerator, stop: _StopFlag) -> int:
             state.step += 1
             progress.update(1)
             if is_boundary(state.step):
-                check_finite(loss_sum, first_bad)
-                mean_loss = float(accelerator.reduce(loss_sum, "mean")) / window_batches
-                images_per_sec = window_batches * cfg.data.batch_size * accelerator.num_processes / (
-                    time.perf_counter() - window_start)
-                log({"train/loss": mean_loss, "train/lr": scheduler.get_last_lr()[0],
-                     "train/grad_norm": float(grad_norm), "train/images_per_sec": images_per_sec,
-                     **({"train/max_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
-                        if torch.cuda.is_available() else {})})
-                progress.set_postfix(loss=f"{mean_loss:.4f}")
-                loss_sum.zero_()
-                window_start, window_batches = time.perf_counter(), 0
-            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
-                run_eval()
-                last_eval = state.step
-            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-                check_finite(loss_sum, first_bad)
-                checkpoint()
-                last_ckpt = state.step
-            if is_boundary(state.step) and stop_requested():
-                if last_ckpt != state.step:
-                    check_finite(loss_sum, first_bad)
-                    checkpoint()
+                progress.set_postfix(loss=f"{out.log_train(scheduler.get_last_lr()[0], grad_norm):.4f}")
+            if stop.requested(accelerator):  # every step, before any evaluation or checkpoint is due
+                out.save()
                 accelerator.print(f"stopped by signal {stop.signum} at step {state.step}: checkpoint saved; "
                                   f"exit {EXIT_PREEMPTED}, rerun the same command to resume")
                 return EXIT_PREEMPTED
+            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
+                out.evaluate()
+            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                out.save()
             if state.step >= total_steps:
                 break
         else:  # the epoch ran to its end
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             if not cfg.train.eval_every:
-                run_eval()
-                last_eval = state.step
-            check_finite(loss_sum, first_bad)
-            checkpoint()
-            last_ckpt = state.step
+                out.evaluate()
+            out.save()
     progress.close()
-    if last_eval != state.step:
-        run_eval()
-    if last_ckpt != state.step:
-        check_finite(loss_sum, first_bad)
-        checkpoint()
-    if metrics_log is not None:
-        metrics_log.close()
+    if state.last_eval != state.step:
+        out.evaluate()
+    if state.last_ckpt != state.step:
+        out.save()
+    out.close()
     return 0
+
+
+class Outputs:
+    """Everything the training loop writes: log rows, evaluations, checkpoints and exports.
+
+    Keeps the device-side loss accumulators (the loop syncs with the host only at log steps,
+    evaluations and saves). ``save`` and the export of ``model_best`` first run
+    ``check_finite``: no weights are written without it.
+    """
+
+    def __init__(self, cfg, accelerator: Accelerator, model, val_loader, state: TrainState, stop: StopFlag):
+        self.cfg, self.accelerator, self.model, self.val_loader = cfg, accelerator, model, val_loader
+        self.state, self.stop = state, stop
+        self.run_dir = cfg.run_dir()
+        self.classes = class_names(cfg.data.classes)
+        if cfg.log.wandb:
+            accelerator.init_trackers(cfg.log.project, config=flat_config(cfg),
+                                      init_kwargs={"wandb": wandb_init_kwargs(cfg, self.run_dir, state.wandb_run_id)})
+            if accelerator.is_main_process:
+                state.wandb_run_id = accelerator.get_tracker("wandb", unwrap=True).id
+        # Rows logged after the checkpoint we resume from are dropped: they are about to be logged again.
+        self.metrics_log = (MetricsLog(self.run_dir / "metrics.jsonl", keep_until=state.step)
+                            if accelerator.is_main_process else None)
+        device = accelerator.device
+        self.loss_sum = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        self.window_start, self.window_batches = time.perf_counter(), 0
+
+    def add_loss(self, loss: torch.Tensor, step: int) -> None:
+        """Accumulate a micro-batch's loss on the device, remembering the first non-finite one's step."""
+        self.loss_sum += loss
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss), step, self.first_bad)
+        self.window_batches += 1
+
+    def log(self, row: dict) -> None:
+        row = {"step": self.state.step, "epoch": self.state.epoch, **row}
+        if self.metrics_log is not None:
+            self.metrics_log.write({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
+        if not self.stop.terminated:  # a job-wide SIGTERM also stopped wandb's service process
+            self.accelerator.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=self.state.step)
+
+    def log_train(self, lr: float, grad_norm: torch.Tensor | None) -> float:
+        """Log the mean loss since the last log step (and lr, grad norm, throughput); returns the loss."""
+        self.check_finite()
+        mean_loss = float(self.accelerator.reduce(self.loss_sum, "mean")) / self.window_batches
+        images_per_sec = self.window_batches * self.cfg.data.batch_size * self.accelerator.num_processes / (
+            time.perf_counter() - self.window_start)
+        self.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_sec": images_per_sec,
+                  **({"train/grad_norm": float(grad_norm)} if grad_norm is not None else {}),
+                  **({"train/max_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
+                     if torch.cuda.is_available() else {})})
+        self.loss_sum.zero_()
+        self.window_start, self.window_batches = time.perf_counter(), 0
+        return mean_loss
+
+    def check_finite(self) -> None:
+        """Raise NonFiniteError when any process saw a non-finite loss or holds a non-finite weight.
+
+        One all-reduce of two flags; every process must call it at the same step.
+        """
+        bad_weights = torch.stack([~torch.isfinite(p).all() for p in self.model.parameters()]).any()
+        flags = torch.stack([self.first_bad, torch.where(bad_weights, self.state.step, -1)])
+        bad_loss, bad_weight = (int(v) for v in self.accelerator.reduce(flags, "max"))
+        if bad_loss < 0 and bad_weight < 0:
+            return
+        what = f"loss at step {bad_loss}" if bad_loss >= 0 else f"weights at step {bad_weight}"
+        last = complete_checkpoints(self.run_dir)
+        kept = f"the last checkpoint, {last[-1]}, is intact" if last else f"no checkpoint was saved in {self.run_dir}"
+        raise NonFiniteError(f"non-finite {what}; {kept} (lower optim.lr or try train.mixed_precision=bf16/no)")
+
+    def evaluate(self) -> None:
+        """Validate, log, write ``eval/step_N.json`` and export ``model_best`` when the mIoU is the best."""
+        cfg, accelerator, state = self.cfg, self.accelerator, self.state
+        self.check_finite()
+        result = evaluate(self.model, self.val_loader, accelerator, cfg.model.num_classes, IMAGENET_MEAN,
+                          IMAGENET_STD, mode=cfg.train.eval_mode,
+                          num_examples=cfg.log.num_images if cfg.log.wandb else 0, classes=self.classes)
+        row = val_scalars(result.metrics, self.classes)
+        if cfg.log.wandb and accelerator.is_main_process and not self.stop.terminated:
+            row.update(wandb_media(result.examples, result.confusion, self.classes))
+        self.log(row)
+        state.last_eval = state.step
+        if accelerator.is_main_process:
+            write_eval_files({**result.metrics, "checkpoint": f"step {state.step}", "split": cfg.data.val_split},
+                             self.run_dir / "eval" / f"step_{state.step:08d}.json")
+            if result.metrics["mIoU"] > state.best_miou:
+                state.best_miou = result.metrics["mIoU"]
+                self._export("model_best.safetensors", result.metrics)
+
+    def save(self) -> None:
+        """A resumable checkpoint of this step and the ``model_last`` export, after ``check_finite``."""
+        self.check_finite()
+        self.state.last_ckpt = self.state.step
+        save_checkpoint(self.accelerator, self.run_dir, self.state.step, self.cfg.train.keep_last)
+        if self.accelerator.is_main_process:
+            self._export("model_last.safetensors")
+
+    def _export(self, name: str, metrics: dict | None = None) -> None:
+        export_model(self.accelerator.unwrap_model(self.model), self.run_dir / name, self.cfg.model, self.classes,
+                     IMAGENET_MEAN, IMAGENET_STD, self.state.step, metrics)
+
+    def close(self) -> None:
+        if self.metrics_log is not None:
+            self.metrics_log.close()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from accelerate import Accelerator
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_helpers import random_images, tiny_model  # noqa: E402
 
-from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from fcn_dist.data import list_collate  # noqa: E402
 from fcn_dist.evaluate import evaluate  # noqa: E402
 

@@ -14,8 +14,8 @@ import torch
 from fcn_dist.checkpoint import export_model
 from fcn_dist.config import ModelConfig
 from fcn_dist.data.synthetic import make_synthetic_voc
-from fcn_dist.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from fcn_dist.data.voc import VOC_CLASSES
+from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD
+from fcn_dist.labels import VOC_CLASSES
 from fcn_dist.model import build_model
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from fcn_dist.config import load_config
 from fcn_dist.data import build_dataloaders, build_dataset
 from fcn_dist.data.cli import main as data_cli
 from fcn_dist.data.hub import ArrowSegmentation, load_arrow, prepare_arrow
-from fcn_dist.data.transforms import normalize
+from fcn_dist.model import normalize
 from fcn_dist.data.voc import DataError, VOCSegmentation, read_split
 from fcn_dist.model import build_model
 

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from fcn_dist.config import ConfigError, load_config
-from fcn_dist.data import build_dataloaders, class_names, crop_collate, list_collate, window_collate
+from fcn_dist.data import build_dataloaders, crop_collate, list_collate, window_collate
 from fcn_dist.data.transforms import finish_windows
-from fcn_dist.data.voc import VOC_CLASSES, DataError, VOCSegmentation
+from fcn_dist.data.voc import DataError, VOCSegmentation
+from fcn_dist.labels import VOC_CLASSES, class_names
 
 
 def _cfg(root, *extra):
@@ -94,8 +95,8 @@ def test_val_loader_keeps_whole_images_unpadded(synthetic_voc):
 
 def test_class_names_and_mismatch(synthetic_voc):
     cfg = _cfg(synthetic_voc)
-    assert class_names(cfg.data) == list(VOC_CLASSES)
-    assert class_names(_cfg(synthetic_voc, "data.classes=[a,b]").data) == ["a", "b"]
+    assert class_names(cfg.data.classes) == list(VOC_CLASSES)
+    assert class_names(_cfg(synthetic_voc, "data.classes=[a,b]").data.classes) == ["a", "b"]
     with pytest.raises(ConfigError, match="model.num_classes=21.*2 classes"):
         build_dataloaders(_cfg(synthetic_voc, "data.classes=[a,b]"))
 
@@ -158,10 +159,11 @@ def test_a_crash_with_live_workers_still_exits(synthetic_voc, tmp_path):
     script.write_text(textwrap.dedent(f"""
         from fcn_dist.config import load_config
         from fcn_dist.data import build_dataloaders
+        from fcn_dist.process import loader_worker_init
 
         cfg = load_config(None, ["data.format=voc", "data.root={synthetic_voc}", "data.crop_size=[32,48]",
                                  "data.batch_size=2", "data.num_workers=2"])
-        train, val = build_dataloaders(cfg)
+        train, val = build_dataloaders(cfg, loader_worker_init())
 
         def loop():
             for k, batch in enumerate(train):

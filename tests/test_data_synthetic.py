@@ -15,7 +15,8 @@ from PIL import Image
 from fcn_dist.config import DataConfig
 from fcn_dist.data.cli import main as data_cli
 from fcn_dist.data.synthetic import SYNTHETIC_CLASSES, ensure_synthetic, make_synthetic_voc
-from fcn_dist.data.voc import VOC_PALETTE, DataError, check_voc
+from fcn_dist.data.voc import DataError, check_voc
+from fcn_dist.labels import VOC_PALETTE
 
 
 def files_of(root: Path) -> dict[str, bytes]:

@@ -14,8 +14,8 @@ from PIL import Image
 from fcn_dist.config import DataConfig
 from fcn_dist.data import build_dataset
 from fcn_dist.data.cli import main as data_cli
-from fcn_dist.data.voc import (IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE, DataError, VOCSegmentation, check_voc,
-                               read_split, resolve_voc_root)
+from fcn_dist.data.voc import DataError, VOCSegmentation, check_voc, read_split, resolve_voc_root
+from fcn_dist.labels import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
 
 # d2l.VOC_COLORMAP, the colours of classes 0..20
 D2L_COLORMAP = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128], [128, 0, 128], [0, 128, 128],

@@ -44,12 +44,15 @@ def test_fp32_values_and_gradients_equal_conv_transpose(s, bias, channels_last):
     ref, ref_grads = _forward_backward(layer, layer, x, grad)
     out, grads = _forward_backward(lambda t: upsample_by_pixel_shuffle(t, layer), layer, x, grad)
     assert out.shape == ref.shape == (2, 3, 3 * s, 4 * s)
-    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    # both sum the same 20 products (5 ch x 2x2 taps) in another order: <= eps*K = 2.4e-6 of the largest value,
+    # <= 3.1e-7 of it measured on every ISA tried; 1e-5 of it (+ rtol 1e-5) leaves >= 20x; a wrong tap is O(1)
+    assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-5)
     assert len(grads) == len(ref_grads) == (3 if bias else 2)
     for got, want in zip(grads, ref_grads):
         assert got.shape == want.shape
-        # gradients are sums over many pixels: compare relative to their size (fp32 summation order)
-        assert torch.allclose(got, want, atol=1e-5 * float(want.abs().max()), rtol=1e-5), (got - want).abs().max()
+        # gradients sum up to 24,576 terms (the bias: 2 x 96 x 128 pixels) in an order that differs by kernel:
+        # ~eps*sqrt(K) = 1.9e-5 of the largest; <= 2e-6 of it measured on every ISA tried, 3e-5 of it leaves 15x
+        assert torch.allclose(got, want, atol=3e-5 * float(want.abs().max()), rtol=1e-5), (got - want).abs().max()
 
 
 def test_bf16_autocast_within_bf16_rounding_of_fp32():
@@ -63,9 +66,12 @@ def test_bf16_autocast_within_bf16_rounding_of_fp32():
             plain = layer(x)
     assert out.dtype == plain.dtype == torch.bfloat16
     scale = ref.abs().max()
-    # bf16 keeps 8 significant bits: relative error ~2**-8 per rounding, a few roundings deep
-    assert (out.float() - ref).abs().max() <= 0.02 * scale
-    assert (out.float() - plain.float()).abs().max() <= 0.02 * scale
+    # bf16 keeps 8 significant bits (eps 2**-7): rounding x, w (2 x 2**-9 of sum|x*w|) and the output bounds the
+    # error by 0.016 of max|ref| here, in any fp32 summation order; 3.5e-3 measured on every ISA tried: 0.04 leaves 11x
+    assert (out.float() - ref).abs().max() <= 0.04 * scale
+    # both round the same bf16 inputs and differ in the output's last bit: 0 here, <= 1 ulp (5.2e-3) with
+    # other kernels (AVX2); 0.04 allows 5 ulps at the top
+    assert (out.float() - plain.float()).abs().max() <= 0.04 * scale
 
 
 def test_other_transposed_convs_are_refused():
@@ -86,27 +92,17 @@ def test_model_on_cpu_takes_the_fast_path_and_matches_the_plain_layer(arch, monk
         model.upsample.weight.add_(0.01 * torch.randn_like(model.upsample.weight))
     images = torch.randn(1, 3, 70, 100)  # not multiples of 32: padded, then cropped
 
-    def plain_forward(images):
-        """FCN.forward with the plain ConvTranspose2d head (the reference)."""
-        h, w = images.shape[-2:]
-        x = F.pad(images, (0, -w % 32, 0, -h % 32))
-        feats = {}
-        for name, layer in model.backbone.named_children():
-            x = layer(x)
-            feats[name] = x
-        logits = model.score(x)
-        if arch == "fcn8s":
-            logits = model.up2_32(logits) + model.score_layer3(feats["layer3"])
-            logits = model.up2_16(logits) + model.score_layer2(feats["layer2"])
-        return model.upsample(logits)[..., :h, :w]
-
     with torch.no_grad():
-        ref = plain_forward(images)
-        inference = model(images)  # without autograd the plain layer is the faster one
+        model.head = "conv_transpose"  # the reference: the plain ConvTranspose2d head
+        ref = model(images)
+        model.head = "auto"
+        inference = model(images)  # without autograd, auto takes the plain layer: the faster one
     calls = []
     monkeypatch.setattr(model.upsample, "forward", lambda *a: calls.append(1) or pytest.fail("slow path"))
     out = model(images).detach()  # with autograd (training) the fast path
     assert calls == []
     assert torch.equal(inference, ref)
     assert out.shape == ref.shape == (1, 21, 70, 100)
-    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    # the heads sum the same 84 products (21 ch x 2x2 taps) in another order (autograd may pick other backbone
+    # kernels too): ~eps*K = 1e-5 of the largest logit at worst, <= 8.1e-7 measured on every ISA tried: >= 20x
+    assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-5)

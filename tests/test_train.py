@@ -78,6 +78,10 @@ def test_torchrun_two_processes_shard_and_match_one_process(voc_root, tmp_path):
     assert any(not torch.equal(rank0[k], initial[k]) for k in rank0), "training did not change the weights"
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), f"ranks differ at {key}"
+        # DDP all-reduces the two batches' gradients, one process accumulates them: the same two-term sums (0
+        # difference measured). A kernel reordering a gradient sum (<= 8,192 pixels) would move a weight by
+        # ~eps*sqrt(K) = 1e-5 of its 3-step update, which is at most the weight (~1e-2 of it typically): rtol 1e-4
+        # (atol 1e-5 near 0) leaves 10x, and one whole update (a wrong average) exceeds it in every tensor
         assert torch.allclose(rank0[key], single[key], rtol=1e-4, atol=1e-5), f"2 procs != 1 proc at {key}"
     # The exported file is the same model, without DDP's "module." prefix.
     model, info = load_model(tmp_path / "two" / "model_last.safetensors")
@@ -215,3 +219,31 @@ def test_resize_on_device_trains_the_same_steps(voc_root, tmp_path):
     loader = _params(tmp_path / "loader" / "model_last.safetensors")
     device = _params(tmp_path / "device" / "model_last.safetensors")
     assert loader.keys() == device.keys() and all(torch.equal(loader[k], device[k]) for k in loader)
+
+
+@pytest.mark.parametrize("hook, signum", [("FCN_TEST_SIGUSR1_AT_CALL", 10), ("FCN_TEST_SIGTERM_AT_CALL", 15)])
+def test_a_stop_signal_is_seen_at_the_next_step_whatever_the_log_and_eval_frequency(voc_root, tmp_path, hook, signum):
+    """The stop flag is read after every optimizer step, not only at log or eval steps: a signal
+    during step 3 saves step 3 and exits 75, with log.every and eval_every far away."""
+    over = {"train.epochs": 50, "log.every": 1000, "train.eval_every": 1000, "train.checkpoint_every": 0}
+    proc = _train(_overrides(voc_root, tmp_path, "stopped", **over), env=_env(**{hook: 3}), expect=EXIT_PREEMPTED)
+    assert f"stopped by signal {signum} at step 3" in proc.stdout + proc.stderr
+    run_dir = tmp_path / "stopped"
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == ["step_00000003"]
+    assert load_model(run_dir / "model_last.safetensors")[1].step == 3
+    assert not (run_dir / "eval").exists()  # no evaluation was due, and none ran before stopping
+
+
+def test_files_get_the_users_umask(voc_root, tmp_path):
+    """Teammates on a shared filesystem can read the models: 0644 under umask 022, not mkstemp's 0600."""
+    over = {"train.max_steps": 2, "train.checkpoint_every": 2}
+    cmd = [sys.executable, HOOKS, *_overrides(voc_root, tmp_path, "shared", **over)]
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600,
+                          preexec_fn=lambda: os.umask(0o022))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "shared"
+    written = [run_dir / "config.yaml", run_dir / "model_last.safetensors", run_dir / "model_best.safetensors",
+               run_dir / "metrics.jsonl", *sorted((run_dir / "eval").iterdir())]
+    assert len(written) == 6  # one evaluation: its JSON and its confusion PNG
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
+    assert not list(run_dir.rglob("*.tmp"))

@@ -4,6 +4,8 @@ Test-only. Used as ``python tests/train_hooks.py --config ... overrides`` (or un
 - ``FCN_TEST_SIGTERM_AT_CALL=k``: SIGTERM to the whole process group during the k-th forward
   pass, as Slurm signals every process of a job (wandb's service and loader workers included);
   run it with ``start_new_session=True``.
+- ``FCN_TEST_SIGUSR1_AT_CALL=k``: SIGUSR1 to this process during the k-th forward pass (Slurm's
+  preemption warning, as the batch script forwards it).
 - ``FCN_TEST_NAN_AT_CALL=k``: the k-th loss (1-based) is NaN.
 - ``FCN_TEST_FAIL_SAVE_AT_STEP=s``: the checkpoint of step s fails halfway (after Accelerate has
   written part of it).
@@ -18,10 +20,11 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+import fcn_dist.engine as engine
 import fcn_dist.train as train
 
 calls = {"loss": 0}
-_loss = train.segmentation_loss
+_loss = engine.segmentation_loss
 _save = train.save_checkpoint
 
 
@@ -29,6 +32,8 @@ def segmentation_loss(logits, masks):
     calls["loss"] += 1
     if calls["loss"] == int(os.environ.get("FCN_TEST_SIGTERM_AT_CALL", 0)):
         os.killpg(os.getpgid(0), signal.SIGTERM)
+    if calls["loss"] == int(os.environ.get("FCN_TEST_SIGUSR1_AT_CALL", 0)):
+        os.kill(os.getpid(), signal.SIGUSR1)
     loss = _loss(logits, masks)
     if calls["loss"] == int(os.environ.get("FCN_TEST_NAN_AT_CALL", 0)):
         loss = loss * torch.tensor(float("nan"))
@@ -57,7 +62,7 @@ def save_checkpoint(accelerator, run_dir, step, keep_last):
     return out
 
 
-train.segmentation_loss = segmentation_loss
+engine.segmentation_loss = segmentation_loss
 train.save_checkpoint = save_checkpoint
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@
 (``fcn_dist.data.transforms``) and, for the d2l preset, drops images smaller than the crop using
 sizes from image headers. ``build_dataloaders`` makes the train and val DataLoaders. Items are
 always ``(image uint8 (3, H, W), mask uint8 (H, W))`` with 255 = void kept; normalisation is
-done on the device by the training and evaluation code (``transforms.normalize``). Train
+done on the device by the training and evaluation code (``fcn_dist.model.normalize``). Train
 batches of un-resized crops are channels-last (``crop_collate``): same values, no transpose on
 the CPU. With ``data.resize_on=device`` train batches are source windows, packed flat, plus their
 geometry (``window_collate``), finished on the device by ``transforms.finish_windows``.
 
-Plain PyTorch: nothing here knows about processes. Call ``train_loader.dataset.set_epoch(epoch)``
+Plain PyTorch: nothing here knows about processes or signals (the entry points pass the
+loader workers' ``worker_init_fn``, ``fcn_dist.process.loader_worker_init()``). Call ``train_loader.dataset.set_epoch(epoch)``
 before iterating each epoch, also under Accelerate: its prepared loader forwards ``set_epoch`` to
 the dataset only when the sampler has no ``set_epoch`` of its own, and with several processes and
 ``use_seedable_sampler=True`` it has one, so the dataset would keep epoch 0's augmentation.
@@ -17,21 +18,14 @@ the dataset only when the sampler has no ``set_epoch`` of its own, and with seve
 
 from __future__ import annotations
 
-import atexit
-import multiprocessing
-import signal
-import time
 from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
+from ..labels import class_names
 from .transforms import AugmentedDataset, WindowScaleCrop, build_transforms
-from .voc import VOC_CLASSES, DataError, VOCSegmentation, download_voc, find_voc_root
-
-
-def class_names(data_cfg) -> list[str]:
-    """The class names of a config: ``data.classes``, or the 21 VOC classes when unset."""
-    return list(data_cfg.classes) if data_cfg.classes else list(VOC_CLASSES)
+from .voc import DataError, VOCSegmentation, download_voc, find_voc_root
 
 
 def build_reader(data_cfg, split: str):
@@ -41,7 +35,7 @@ def build_reader(data_cfg, split: str):
         A dataset of ``(image uint8 (3, H, W), mask uint8 (H, W))`` with a ``sizes()`` method
         giving every image's (H, W) without decoding it.
     """
-    num_classes = len(class_names(data_cfg))
+    num_classes = len(class_names(data_cfg.classes))
     if data_cfg.format == "arrow":
         from .hub import load_arrow
         return load_arrow(data_cfg.root, split, num_classes)
@@ -110,9 +104,9 @@ def crop_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.
     The readers keep images in their decoded (H, W, 3) order (``voc.to_tensors``), so an
     un-resized crop (the d2l preset, or the train preset at scale 1) is a channels-last view.
     ``default_collate`` would stack it into a contiguous (B, 3, H, W) batch, a transpose that
-    costs 0.26 ms per 320x480 crop on this CPU, 20x a plain copy; this collate gives such
-    batches channels-last strides instead (same shape and values). The training step
-    converts every batch to the network's layout on the device.
+    costs many times a plain copy on the CPU; this collate gives such batches channels-last
+    strides instead (same shape and values). The training step converts every batch to the
+    network's layout on the device. Measured figures: benchmarks/README.md, "Collates".
 
     Args:
         batch: ``(image uint8 (3, H, W), mask uint8 (H, W))`` pairs of one size.
@@ -131,9 +125,9 @@ def window_collate(batch: list[tuple[torch.Tensor, torch.Tensor, tuple]]) -> tup
 
     Windows differ in size, so they are packed back to back, each as its (h, w, 3) pixels
     (channels-last) and its (h, w) mask, into one flat image tensor and one flat mask tensor.
-    Padding every window to the batch's largest would send twice the bytes (180k against 94k
-    pixels per image on the benchmark set, scales 0.5-2.0), and inside workers every byte goes
-    through a fresh shared-memory segment, ~0.7 ms per MB on this VM.
+    Padding every window to the batch's largest would send about twice the bytes, and inside
+    workers every byte goes through a fresh shared-memory segment, whose page faults are paid per
+    MB. Measured figures: benchmarks/README.md, "Collates".
 
     Args:
         batch: (image window uint8 (3, h, w), mask window uint8 (h, w), geometry tuple) items.
@@ -171,59 +165,20 @@ def list_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[list[t
     return list(images), list(masks)
 
 
-_exit_hook_registered = False
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: workers ignore SIGUSR1/SIGTERM.
-
-    Slurm delivers a preemption or cancel signal to every process of the job; a worker killed
-    by it would crash the loader before the training process could save its checkpoint. The
-    main process handles the signal and shuts the workers down itself; if it exits without
-    doing so (an uncaught exception), ``_end_stray_workers`` kills them at exit.
-    """
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _end_stray_workers(grace_s: float = 1.0) -> None:
-    """At exit, end daemonic child processes that outlive a SIGTERM (our loader workers).
-
-    The workers ignore SIGTERM (``ignore_stop_signals``). multiprocessing's own exit handler
-    ends daemonic children with SIGTERM and then joins them, so without this a process whose
-    loader iterator was still alive at exit (an uncaught exception keeps its frames in
-    ``sys.last_traceback``) would wait for its workers forever: a crashed job that never exits.
-    This does the same SIGTERM first, then kills whatever is still running after ``grace_s``.
-    Registered after multiprocessing's handler, so it runs first (atexit runs last-in first-out).
-    """
-    children = [child for child in multiprocessing.active_children() if child.daemon]
-    for child in children:
-        child.terminate()
-    deadline = time.monotonic() + grace_s
-    for child in children:
-        child.join(max(0.0, deadline - time.monotonic()))
-        if child.is_alive():
-            child.kill()
-            child.join()
-
-
-def _loader_kwargs(data_cfg) -> dict:
-    global _exit_hook_registered
+def loader_kwargs(data_cfg, worker_init_fn: Optional[Callable[[int], None]] = None) -> dict:
+    """DataLoader keyword arguments of ``data.*``: workers, pinning, persistence and prefetch."""
     workers = data_cfg.num_workers
-    if workers > 0 and not _exit_hook_registered:
-        import multiprocessing.util  # noqa: F401  registers its exit handler now, if not yet: before ours
-        atexit.register(_end_stray_workers)
-        _exit_hook_registered = True
     return {
         "num_workers": workers,
-        "worker_init_fn": ignore_stop_signals if workers > 0 else None,
+        "worker_init_fn": worker_init_fn if workers > 0 else None,
         "pin_memory": data_cfg.pin_memory and torch.cuda.is_available(),
         "persistent_workers": workers > 0,
         "prefetch_factor": data_cfg.prefetch_factor if workers > 0 else None,
     }
 
 
-def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+def build_dataloaders(cfg, worker_init_fn: Optional[Callable[[int], None]] = None
+                      ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     """Train and val DataLoaders of a config.
 
     Train: ``data.batch_size`` crops, ``drop_last``, shuffled by a ``torch.Generator`` seeded with
@@ -232,6 +187,8 @@ def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.dat
 
     Args:
         cfg: the run ``Config``.
+        worker_init_fn: run in each loader worker (the entry points pass
+            ``fcn_dist.process.loader_worker_init()``: workers ignore stop signals).
 
     Returns:
         (train_loader, val_loader) yielding ``images uint8 (B, 3, H, W)``, ``masks uint8 (B, H, W)``;
@@ -244,7 +201,7 @@ def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.dat
     """
     from fcn_dist.config import ConfigError
 
-    names = class_names(cfg.data)
+    names = class_names(cfg.data.classes)
     if cfg.model.num_classes != len(names):
         raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the data has {len(names)} classes "
                           f"(data.classes); make them equal")
@@ -258,12 +215,12 @@ def build_dataloaders(cfg) -> tuple[torch.utils.data.DataLoader, torch.utils.dat
     train_loader = torch.utils.data.DataLoader(
         train_set, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, generator=generator,
         collate_fn=window_collate if isinstance(train_set.transform, WindowScaleCrop) else crop_collate,
-        **_loader_kwargs(cfg.data))
+        **loader_kwargs(cfg.data, worker_init_fn))
     val_loader = torch.utils.data.DataLoader(
         val_set, batch_size=cfg.data.eval_batch_size, shuffle=False, collate_fn=list_collate,
-        **_loader_kwargs(cfg.data))
+        **loader_kwargs(cfg.data, worker_init_fn))
     return train_loader, val_loader
 
 
-__all__ = ["build_dataset", "build_dataloaders", "build_reader", "class_names", "crop_collate", "list_collate",
+__all__ = ["build_dataset", "build_dataloaders", "build_reader", "crop_collate", "list_collate", "loader_kwargs",
            "window_collate", "DataError"]

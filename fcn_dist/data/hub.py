@@ -15,26 +15,13 @@ reads no pixels), ``image`` and ``mask`` in one of two forms:
 ``load_from_disk`` memory-maps either, so every process on a node shares one page cache instead
 of holding its own copy. ``ArrowSegmentation`` reads both and gives identical items.
 
-Measured 2026-11-24 (``/tmp`` script, 200 synthetic images of up to 500 px, 139k pixels on average,
-``ArrowSegmentation.__getitem__``, one process, one thread, 2-core AMD EPYC shared with other work,
-page cache warm, median of 5 passes; runs vary by ~10%):
-
-=======================  ==============  =========================
-form                     bytes on disk   read, per image
-=======================  ==============  =========================
-encoded (default)        45.5 KiB/image  1.41 ms  (710 images/s)
-decoded (``--decoded``)  545 KiB/image   0.15 ms  (6,500 images/s)
-=======================  ==============  =========================
-
-A decoded read was the row (0.05 ms), the mask value check (0.04 ms) and the copy into tensors
-(0.04 ms). Since 2026-11-25 rows are sliced straight out of the Arrow buffers (``_Cells``): the
-row 0.004 ms, the check 0.026, the copy 0.031; 0.07-0.09 ms per decoded read in all. Decoded
-pixels take 4 bytes per pixel, 12x the encoded size here (synthetic JPEGs compress better than
-photos); for VOC+SBD (12,031 images of up to 500x375) up to 8.4 GiB of page
-cache per node, against an estimated ~1.4 GB encoded (VOC's JPEGs average roughly 110 KB). The
-default stays encoded: small, and fine for any dataset size. ``--decoded`` saves ~1.3 ms of CPU per
-image where decoding is the bottleneck (CPU-bound loaders, few CPU cores per GPU), at the price of
-that larger page cache.
+A decoded read skips the JPEG/PNG decoding, most of an encoded read's cost: it is the row
+(sliced straight out of the Arrow buffers, ``_Cells``), the mask value check and the copy into
+tensors. Decoded pixels take 4 bytes per pixel, many times the encoded size, and so many times
+the page cache per node. The default stays encoded: small, and fine for any dataset size.
+``--decoded`` is for where decoding is the bottleneck (CPU-bound loaders, few CPU cores per GPU),
+at the price of that larger page cache.
+Measured figures: benchmarks/README.md, "Arrow reads".
 
 ``data.format=hub`` loads ``data.hub_name`` (a ``save_to_disk`` folder, a parquet file or folder,
 or a hub dataset name) and reads ``data.hub_image_column`` and ``data.hub_mask_column``; masks
@@ -170,9 +157,10 @@ class _Cells:
     The Arrow columnar format keeps a binary or string column as an offsets buffer and a data
     buffer per chunk (row ``i`` is ``data[offsets[i]:offsets[i + 1]]``), and a fixed-width column
     as one values buffer. Both are read here as numpy views of the memory map, shared by every
-    process and never copied. A decoded row then costs ~3 us, against ~60 us through
-    ``with_format("arrow")[i]`` and ~12 us a cell through pyarrow scalars (2-core EPYC,
-    2026-11-25). Private memory is O(chunks), not O(rows).
+    process and never copied, so a decoded row costs a small fraction of a read through
+    ``with_format("arrow")[i]`` or pyarrow scalars, which build Python objects per row or per
+    cell (measured figures: benchmarks/README.md, "Arrow reads"). Private memory is O(chunks),
+    not O(rows).
 
     Args:
         column: a ``pyarrow.ChunkedArray``; binary, string and integer columns are read zero-copy.
@@ -266,7 +254,7 @@ class ArrowSegmentation(torch.utils.data.Dataset):
                 table = table.cast_column(column, datasets.Image(decode=False))
         self.table = table
         # decoded rows are read straight from the memory-mapped Arrow buffers (``_Cells``): the
-        # python formatting of ``table[i]`` copies 0.7 MB of bytes per row and costs 0.1 ms more
+        # python formatting of ``table[i]`` copies every row's bytes (figures: benchmarks/README.md, "Arrow reads")
         self._cells = {column: _Cells(table.data.table.column(column)) for column in table.column_names} \
             if self.decoded else None
         indices = getattr(table, "_indices", None)  # a select()ed or shuffled Dataset maps rows through it

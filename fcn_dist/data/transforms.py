@@ -1,4 +1,4 @@
-"""Paired image/mask transforms on uint8 tensors, their seeding, and normalisation constants.
+"""Paired image/mask transforms on uint8 tensors and their seeding.
 
 Presets (``build_transforms``), built on torchvision ``transforms.v2`` with ``tv_tensors.Image``
 and ``tv_tensors.Mask`` so one draw of parameters moves both, and masks are resized nearest:
@@ -11,7 +11,7 @@ and ``tv_tensors.Mask`` so one draw of parameters moves both, and masks are resi
 - eval: the whole image, untouched.
 
 Workers return uint8 (a quarter of float32's bytes through shared memory and pinned memory);
-``normalize`` turns a uint8 batch into normalised float32 on the device.
+``fcn_dist.model.normalize`` turns a uint8 batch into normalised float32 on the device.
 
 ``AugmentedDataset`` seeds the random transform of sample ``index`` from ``(seed, epoch,
 index)``, so an augmentation does not depend on the number of workers or processes, nor on
@@ -28,25 +28,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
-    """uint8 images to normalised float32, on the images' device and in their memory format.
-
-    Args:
-        images: uint8 (B, 3, H, W) or (3, H, W), values 0..255.
-        mean, std: per-channel statistics of images scaled to [0, 1].
-
-    Returns:
-        float32 tensor of the same shape: ``(images / 255 - mean) / std``.
-    """
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=images.device).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=images.device).view(3, 1, 1)
-    return images.float().div_(255.0).sub_(mean_t).div_(std_t)
-
+from ..labels import IGNORE_INDEX
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed for the augmentation of one sample in one epoch."""
@@ -88,8 +70,8 @@ def resized_crop_nearest(mask: torch.Tensor, top: int, left: int, height: int, w
     """``F.resized_crop(mask, ..., interpolation=NEAREST)`` on a CPU tensor, by row and column indexing.
 
     The same pixels as torch's nearest interpolation (same index formula; a test compares them),
-    3.5x faster on this CPU for a uint8 320x480 mask (0.056 against 0.20 ms): torch's kernel is
-    not vectorised for one uint8 channel, numpy's row-then-column gather is.
+    several times faster on CPU: torch's kernel is not vectorised for one uint8 channel, numpy's
+    row-then-column gather is. Measured figures: benchmarks/README.md, "Transforms".
 
     Args:
         mask: (..., H, W) on the CPU.
@@ -116,12 +98,9 @@ class RandomScaleCrop(v2.Transform):
     ``scale**2`` times the image's (1.75x the image on average for scales 0.5-2.0). The window
     is rounded to whole source pixels, so the effective scale differs from the drawn one by less
     than one source pixel over the window. Images are resized bilinearly with antialiasing,
-    masks (``tv_tensors.Mask``) nearest, from the same window, so they stay aligned.
-
-    Per 500x375 image, one thread, 2-core EPYC (2026-11-24): 0.83 ms against 1.16 ms for the
-    whole-image rescale + crop it replaces (train preset at 320x480, scales 0.5-2.0, median
-    of 300 draws, 3 interleaved rounds; the image resize is 0.25-0.44 ms of it, the mask 0.21,
-    now 0.06 by ``resized_crop_nearest``).
+    masks (``tv_tensors.Mask``) nearest, from the same window, so they stay aligned. Faster
+    than the whole-image rescale + crop it replaces; the image resize is most of its cost.
+    Measured figures: benchmarks/README.md, "Transforms".
     """
 
     def __init__(self, scale_range: Sequence[float], size: Sequence[int], fill: dict) -> None:
@@ -160,7 +139,7 @@ class RandomScaleCrop(v2.Transform):
         return out
 
 
-TRAIN_FILL = {tv_tensors.Image: 0, tv_tensors.Mask: 255}
+TRAIN_FILL = {tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX}
 """Padding values of the train preset: image 0, mask 255 (void: ignored by the loss and metrics)."""
 
 
@@ -170,8 +149,8 @@ class WindowScaleCrop:
     It makes the train preset's random draws (``RandomScaleCrop``'s scale and window, then the
     flip of ``v2.RandomHorizontalFlip(p=0.5)``, in that order: the same draws for a seed) but
     only cuts the source window, a view. ``finish_windows`` does the rest on the training
-    device: resize, pad and flip. The antialiased resize is most of a sample's CPU cost (0.3-0.4
-    of ~0.8 ms per 500x375 image on this CPU); on a GPU it is a few small kernels per window.
+    device: resize, pad and flip. The antialiased resize is most of a sample's CPU cost; on a
+    GPU it is a few small kernels per window. Measured figures: benchmarks/README.md, "Transforms".
 
     Args:
         scale_range, size: as ``RandomScaleCrop``.
@@ -300,6 +279,6 @@ class AugmentedDataset(torch.utils.data.Dataset):
         image, mask = self.base[index]
         with torch.random.fork_rng(devices=[]):
             # the CPU generator only: torch.manual_seed also seeds every lazy accelerator RNG, which
-            # costs ~1 ms per call without CUDA (it records a traceback each time), as much as the crop
+            # without CUDA records a traceback each time, as slow as the crop (benchmarks/README.md, "Transforms")
             torch.default_generator.manual_seed(sample_seed(self.seed, int(self.epoch), index))
             return self.transform(image, mask)

@@ -27,33 +27,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv/monitor",
-)
-IGNORE_INDEX = 255
+from ..labels import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
+from ..model import hwc_to_chw
 
 MASK_DIRS = {"train_aug": "SegmentationClassAug"}
 """Mask folder of splits that do not use SegmentationClass (SBD's augmented set)."""
-
-
-def _voc_palette() -> list[int]:
-    """The VOC colour map: bit i of the index goes to bit 7 - i // 3 of channel i % 3."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
-
-
-VOC_PALETTE = _voc_palette()
-"""The 256-entry VOC palette, flat [r0, g0, b0, r1, ...] for ``PIL.Image.putpalette``."""
 
 _COLOUR_TO_INDEX = {
     (VOC_PALETTE[3 * i] << 16) | (VOC_PALETTE[3 * i + 1] << 8) | VOC_PALETTE[3 * i + 2]: i for i in range(256)
@@ -255,16 +233,12 @@ def to_tensors(image: np.ndarray, mask: np.ndarray, name: str) -> tuple[torch.Te
         mask: uint8 (H, W).
 
     Returns:
-        image uint8 (3, H, W), a view of an (H, W, 3) array (channels-last memory, as decoded),
-        mask uint8 (H, W).
+        image uint8 (3, H, W), a channels-last view (``fcn_dist.model.hwc_to_chw``), mask uint8 (H, W).
     """
     if image.shape[:2] != mask.shape:
         raise DataError(f"{name}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from the image size "
                         f"{image.shape[1]}x{image.shape[0]}; every mask must match its image")
-    # One copy (PIL's buffers are read-only), kept in its decoded HWC order: torch's uint8
-    # antialiased resize is 1.5-2.4x faster on channels-last images (same values), and the
-    # train preset's random rescale is most of a sample's cost.
-    image_t = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+    image_t = hwc_to_chw(image)
     mask_t = torch.from_numpy(np.array(mask, dtype=np.uint8))
     return image_t, mask_t
 

@@ -1,0 +1,294 @@
+"""Console scripts: their argument parsers, the shared inference flags, and error handling.
+
+Every console script (``fcn-train``, ``fcn-eval``, ``fcn-predict``, ``fcn-data``) starts here.
+Parsing, ``--help``, ``--print-config-reference`` and config errors need no torch, so they
+answer in a fraction of a second; only then is the command's module (``fcn_dist.train``,
+``fcn_dist.evaluate``, ``fcn_dist.predict``, ``fcn_dist.data.cli``) imported and run. Each of
+those modules' ``main()`` comes back here, so ``python -m fcn_dist.<module>`` behaves the same.
+
+Bad input of any kind ends as one line, ``<prog>: error: <message>``, and exit 2
+(``fcn_dist.process``); see docs/DESIGN.md, "Exit codes".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .config import INFERENCE_MODES, ConfigError, InferenceOptions, config_reference, load_config
+from .labels import IGNORE_INDEX, VOC_CLASSES
+from .process import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PARTIAL, EXIT_PREEMPTED, fail
+
+
+def bad_input_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad input (config, data, checkpoint, weights): exit 2 with one line.
+
+    Imported here, not at module level, because their modules import torch.
+    """
+    from .checkpoint import CheckpointError
+    from .data.voc import DataError
+    from .model import PretrainedWeightsError
+
+    return ConfigError, DataError, CheckpointError, PretrainedWeightsError
+
+
+def run_guarded(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's body; bad input becomes one line on stderr and ``EXIT_BAD_INPUT``."""
+    errors = bad_input_errors()
+    try:
+        return body()
+    except errors as err:
+        return fail(prog, err)
+
+
+# ---- shared by fcn-eval and fcn-predict ---------------------------------------------------
+
+def add_inference_args(parser: argparse.ArgumentParser) -> None:
+    """Add --mode, --tile, --stride, --flip, --channels-last, --fold-bn and --scales."""
+    default = InferenceOptions()
+    group = parser.add_argument_group("inference")
+    group.add_argument("--mode", choices=INFERENCE_MODES, default=default.mode,
+                       help="whole: pad to a multiple of 32, run, crop; slide: tiles with averaged overlaps "
+                            "(default: %(default)s)")
+    group.add_argument("--tile", type=int, nargs=2, metavar=("H", "W"), default=list(default.tile),
+                       help="slide tile size (default: %(default)s)")
+    group.add_argument("--stride", type=int, nargs=2, metavar=("H", "W"), default=list(default.stride),
+                       help="slide tile step (default: %(default)s)")
+    group.add_argument("--flip", action="store_true", help="average logits with the horizontally flipped image")
+    group.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                       help="run the network in channels_last memory format (faster on CPU and tensor cores; "
+                            "default: %(default)s)")
+    group.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                       help="fold each BatchNorm into the convolution before it (same function up to float "
+                            "rounding, a few %% faster; default: %(default)s)")
+    group.add_argument("--scales", type=float, nargs="+", default=list(default.scales),
+                       help="average logits over these resize factors, e.g. 0.75 1.0 1.25 (default: %(default)s)")
+
+
+def options_from_args(args: argparse.Namespace) -> InferenceOptions:
+    """InferenceOptions from the arguments added by ``add_inference_args``.
+
+    Raises:
+        ValueError: invalid tile, stride or scales.
+    """
+    return InferenceOptions(args.mode, tuple(args.tile), tuple(args.stride), args.flip, tuple(args.scales))
+
+
+def model_from_args(model, args: argparse.Namespace):
+    """The model as ``--fold-bn`` and ``--channels-last`` ask, in eval mode (a copy when folded)."""
+    import torch
+
+    from .model import fold_batch_norms
+
+    if args.fold_bn:
+        model = fold_batch_norms(model)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()
+
+
+def _parse_inference(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    args = parser.parse_args(argv)
+    try:
+        args.options = options_from_args(args)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+# ---- fcn-train ----------------------------------------------------------------------------
+
+TRAIN_DESCRIPTION = """Train an FCN with Accelerate: one CPU, one GPU, N GPUs or N nodes, the same code.
+
+    fcn-train --config configs/demo.yaml [section.key=value ...]
+    accelerate launch -m fcn_dist.train --config configs/demo.yaml
+    torchrun --nproc_per_node 2 -m fcn_dist.train --config configs/demo.yaml
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m fcn_dist.train ...  # CPU, gloo
+"""
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcn-train", formatter_class=argparse.RawDescriptionHelpFormatter, description=TRAIN_DESCRIPTION,
+        epilog=f"exit codes: 0 done; {EXIT_BAD_INPUT} bad config, data or checkpoint (one line names the key or "
+               f"file); {EXIT_NONFINITE} non-finite loss or weights (nothing non-finite saved); {EXIT_PREEMPTED} "
+               "stopped by SIGUSR1/SIGTERM after saving a checkpoint: rerun the same command to resume.\n"
+               "Config keys (section.key=value overrides): run `fcn-train --print-config-reference` or see "
+               "README.md#configuration.")
+    parser.add_argument("--config", help="YAML config file (e.g. configs/demo.yaml); defaults only if omitted")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value",
+                        help="dotted overrides applied after the YAML, e.g. optim.lr=0.01 train.max_steps=100")
+    parser.add_argument("--print-config-reference", action="store_true",
+                        help="print every config key with its type, default and meaning, then exit")
+    return parser
+
+
+def train_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``fcn-train``; returns the exit code."""
+    args = train_parser().parse_args(argv)
+    if args.print_config_reference:
+        print(config_reference(), end="")
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        return fail("fcn-train", err)
+    from .train import run
+
+    return run(cfg)
+
+
+# ---- fcn-eval -----------------------------------------------------------------------------
+
+def eval_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcn-eval", description="Evaluate an exported fcn_dist model (.safetensors) on every image of a split, "
+        "at full resolution; runs under accelerate launch / torchrun with any number of processes.",
+        epilog=f"exit codes: 0 success; {EXIT_BAD_INPUT} bad checkpoint (missing, truncated, pickle, not an "
+               "fcn_dist export), bad data root or split, or bad arguments.")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
+    parser.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, the VOC2012 folder, "
+                        "or an Arrow dataset (--data-format arrow)")
+    parser.add_argument("--data-format", choices=("voc", "arrow"), default="voc",
+                        help="dataset reader (default: %(default)s)")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, help="images per process per step; images of one "
+                        "size in a batch share a forward pass (default: %(default)s)")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process "
+                        "(default: %(default)s)")
+    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
+                        help="autocast precision (default: %(default)s)")
+    parser.add_argument("--output", type=Path, help="metrics JSON to write; the confusion-matrix PNG goes beside it "
+                        "as <stem>_confusion.png")
+    parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (offline without an "
+                        "API key; WANDB_MODE overrides)")
+    parser.add_argument("--wandb-project", default="fcn_dist", help="W&B project (default: %(default)s)")
+    add_inference_args(parser)
+    return parser
+
+
+def eval_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``fcn-eval``; returns the exit code."""
+    parser = eval_parser()
+    args = _parse_inference(parser, argv)
+    if args.batch_size < 1 or args.num_workers < 0:
+        parser.error("--batch-size must be >= 1 and --num-workers >= 0")
+    from .evaluate import run
+
+    return run(args)
+
+
+# ---- fcn-predict --------------------------------------------------------------------------
+
+def predict_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcn-predict", description="Predict class masks for images of any size with an exported fcn_dist "
+        "model: writes OUTPUT/<stem>.png (palette PNG, indices = class ids, VOC palette) and "
+        "OUTPUT/<stem>_overlay.jpg.",
+        epilog=f"exit codes: 0 every image written; {EXIT_PARTIAL} some images could not be read (each is named on "
+               f"stderr and skipped; the others are written); {EXIT_BAD_INPUT} bad checkpoint (missing, truncated, "
+               "pickle, not an fcn_dist export), no images, or bad arguments.")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
+    parser.add_argument("--output", required=True, type=Path, help="output folder")
+    parser.add_argument("--device", default="auto",
+                        help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ... "
+                             "(default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=1, help="same-size images per forward pass "
+                        "(default: %(default)s)")
+    add_inference_args(parser)
+    return parser
+
+
+def predict_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``fcn-predict``; returns the exit code."""
+    parser = predict_parser()
+    args = _parse_inference(parser, argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be >= 1")
+    from .predict import run
+
+    return run(args, parser)
+
+
+# ---- fcn-data -----------------------------------------------------------------------------
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    return value
+
+
+def _side(text: str) -> int:
+    value = int(text)
+    if value < 16:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 16")
+    return value
+
+
+def data_parser() -> argparse.ArgumentParser:
+    num_classes_help = f"mask values must be < this or {IGNORE_INDEX} (default: {len(VOC_CLASSES)})"
+    parser = argparse.ArgumentParser(
+        prog="fcn-data", description="Prepare an Arrow copy of VOC, write the synthetic set, validate a dataset.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+               "  fcn-data synth --out data/synthetic --train 200 --val 40\n"
+               "  fcn-data check --data-root data/VOCdevkit\n"
+               "  fcn-data prepare --data-root data --out data/voc_arrow --splits train val\n\n"
+               f"exit codes: 0 success; {EXIT_PARTIAL} check found problems, or bad input.\n"
+               "Run `fcn-data COMMAND --help` for the options of each command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    prepare = sub.add_parser(
+        "prepare", help="convert VOCdevkit splits to an Arrow dataset (data.format=arrow)",
+        description="Validate and convert VOCdevkit splits into a datasets.DatasetDict saved with save_to_disk "
+                    "(original JPEG/PNG bytes, or raw pixels with --decoded; memory-mapped when read). Train "
+                    "with data.format=arrow data.root=OUT.")
+    prepare.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, or VOC2012 itself")
+    prepare.add_argument("--out", required=True, help="output folder (must not exist)")
+    prepare.add_argument("--splits", nargs="+", default=["train", "val"],
+                         help="split names from ImageSets/Segmentation; train_aug uses SegmentationClassAug "
+                              "(default: train val)")
+    prepare.add_argument("--num-classes", type=int, default=len(VOC_CLASSES), help=num_classes_help)
+    prepare.add_argument("--decoded", action="store_true",
+                         help="store decoded uint8 pixels instead of the JPEG/PNG files: reads skip decoding "
+                              "(~9x faster per image) at ~12x the disk and page cache; for CPU-bound loaders "
+                              "(few CPU cores per GPU)")
+
+    synth = sub.add_parser(
+        "synth", help="write the synthetic VOC-layout dataset",
+        description="Write OUT/VOCdevkit/VOC2012: JPEGs of mixed sizes, palette PNG masks with void borders, "
+                    "split files. The same arguments write byte-identical files.")
+    synth.add_argument("--out", required=True, help="output folder (the set goes to OUT/VOCdevkit/VOC2012)")
+    synth.add_argument("--train", type=_count, default=200, help="training images (default: 200)")
+    synth.add_argument("--val", type=_count, default=40, help="validation images (default: 40)")
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
+    synth.add_argument("--max-side", type=_side, default=500, help="longest image side in pixels (default: 500)")
+
+    check = sub.add_parser(
+        "check", help="validate a dataset and list every problem",
+        description="Decode every image and mask and report every problem, one line each: missing root, split "
+                    "file or listed file; empty split; corrupt or truncated file; mask size differing from its "
+                    f"image; mask values outside 0..C-1 and not {IGNORE_INDEX}; RGB masks with non-VOC colours. "
+                    "Exits 1 if there is any problem, 0 otherwise. DATA_ROOT may also be an Arrow dataset from "
+                    "`fcn-data prepare`.")
+    check.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, VOC2012 itself, "
+                                                          "or a prepared Arrow dataset")
+    check.add_argument("--split", nargs="+", default=None, help="splits to check (default: all split files)")
+    check.add_argument("--num-classes", type=int, default=len(VOC_CLASSES), help=num_classes_help)
+    return parser
+
+
+def data_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``fcn-data``; returns the exit code."""
+    args = data_parser().parse_args(argv)
+    from .data.cli import run
+
+    return run(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(train_main())
