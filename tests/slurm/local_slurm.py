@@ -323,7 +323,8 @@ MailProg=/bin/true
 ReturnToService=2
 SchedulerParameters=batch_sched_delay=0
 MinJobAge=600
-KillWait=10
+# scancel and time limits: SIGTERM to every process of the job, SIGKILL this many seconds later
+KillWait=5
 InactiveLimit=0
 SlurmdTimeout=60
 {nodes}
@@ -387,17 +388,17 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
         return "\n".join(text)
 
     # ---- client helpers ----------------------------------------------------------------------
-    def run(self, cmd: list[str], check: bool = True, env: dict | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a Slurm client command against this cluster."""
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(env), timeout=timeout)
+    def run(self, cmd: list[str], check: bool = True, env: dict | None = None, timeout: float = 60,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        """Run a Slurm client command against this cluster (in ``cwd``: sbatch's SLURM_SUBMIT_DIR)."""
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=self.env(env), timeout=timeout, cwd=cwd)
         if check and proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
-    def sbatch(self, args: list[str], env: dict | None = None) -> int:
-        """Submit a batch job (``sbatch --parsable ARGS``) and return its id."""
-        return int(self.run(["sbatch", "--parsable", *args], env=env).stdout.strip().split(";")[0])
+    def sbatch(self, args: list[str], env: dict | None = None, cwd: Path | None = None) -> int:
+        """Submit a batch job (``sbatch --parsable ARGS``, from ``cwd``) and return its id."""
+        return int(self.run(["sbatch", "--parsable", *args], env=env, cwd=cwd).stdout.strip().split(";")[0])
 
     def jobs(self, job_id: int) -> list[Job]:
         """State, exit code and restart count from ``scontrol show job`` (one per array task)."""

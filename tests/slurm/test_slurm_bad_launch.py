@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from slurm_jobs import DEMO_CONFIG, job_env, run_job, tail
+from slurm_jobs import DEMO_CONFIG, REPO, job_env, run_job, tail
 
 pytestmark = pytest.mark.slurm
 
@@ -23,10 +23,12 @@ def _fake_nvidia_smi(tmp_path, gpus: int) -> str:
     return str(bin_dir)
 
 
-def _expect_fast_failure(slurm, tmp_path, script: str, env: dict, message: str) -> None:
-    result = run_job(slurm, script, tmp_path, env, ("--nodes=2",), timeout_s=120)
+def _expect_fast_failure(slurm, tmp_path, script: str, env: dict, *messages: str, submit_dir=REPO) -> None:
+    result = run_job(slurm, script, tmp_path, env, ("--nodes=2",), timeout_s=120, submit_dir=submit_dir)
     assert (result.job.state, result.job.exit_code) == ("FAILED", 2), tail(result)
-    assert message in result.output, tail(result)
+    assert len(result.output.splitlines()) == 1, tail(result)
+    for message in messages:
+        assert message in result.output, tail(result)
     assert "runs machine_rank" not in result.output, tail(result)  # no srun task started
     assert result.seconds < FAST_S, tail(result)
 
@@ -87,4 +89,20 @@ def test_python_without_fcn_dist(slurm, tmp_path):
     _expect_fast_failure(slurm, tmp_path, "train.sbatch",
                          job_env(CONFIG=str(DEMO_CONFIG), PYTHON=str(bin_dir / "bare-python")),
                          f"train.sbatch: error: cannot check the config with {bin_dir / 'bare-python'} (is fcn_dist "
-                         "installed there? set PYTHON=...): ModuleNotFoundError: No module named 'fcn_dist'")
+                         "installed there? set PYTHON=...): ", "No module named 'fcn_dist'")
+
+
+@pytest.mark.parametrize("script", ["train.sbatch", "eval.sbatch"])
+def test_submitted_away_from_the_repository_root(slurm, tmp_path, script):
+    """sbatch runs a copy of the script: common.sh is found from the submit directory, or not at all."""
+    _expect_fast_failure(slurm, tmp_path, script, job_env(CONFIG=str(DEMO_CONFIG)),
+                         f"{script}: error: {tmp_path}/launch/slurm/common.sh not found: submit from the repository "
+                         "root, or set FCN_SLURM_COMMON=/path/to/fcn_dist/launch/slurm/common.sh", submit_dir=tmp_path)
+
+
+def test_common_sh_from_fcn_slurm_common(slurm, tmp_path):
+    """FCN_SLURM_COMMON names common.sh when submitting from elsewhere: the job gets past it (to a bad config)."""
+    _expect_fast_failure(slurm, tmp_path, "train.sbatch",
+                         job_env(CONFIG=str(DEMO_CONFIG), OVERRIDES="optim.lrr=0.1",
+                                 FCN_SLURM_COMMON=str(REPO / "launch" / "slurm" / "common.sh")),
+                         "train.sbatch: error: bad config: unknown config key 'optim.lrr'", submit_dir=tmp_path)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -11,7 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from slurm_jobs import DEMO_CONFIG, JobResult, demo_overrides, finish, job_env, run_job, submit, tail
+from slurm_jobs import (DEMO_CONFIG, JobResult, demo_overrides, finish, job_env, run_job, submit, tail, train_steps,
+                        wait_for_step)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -36,11 +36,6 @@ def two_node_run(slurm, tmp_path_factory) -> TrainRun:
                   OVERRIDES=demo_overrides(workdir, 4))
     result = run_job(slurm, "train.sbatch", workdir, env, ("--nodes=2",))
     return TrainRun(result, workdir, workdir / "runs" / "two-nodes")
-
-
-def _train_steps(run_dir: Path) -> list[int]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row["step"] for row in rows if "train/loss" in row]
 
 
 def _wandb_run_files(root: Path) -> list[Path]:
@@ -69,23 +64,13 @@ def test_two_nodes_write_checkpoints_and_model_last(two_node_run):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
     with safe_open(str(run_dir / "model_last.safetensors"), "pt") as f:
         assert f.metadata()["fcn_dist.step"] == "4"
-    assert _train_steps(run_dir) == [1, 2, 3, 4]
+    assert train_steps(run_dir) == [1, 2, 3, 4]
 
 
 def test_two_nodes_create_exactly_one_wandb_run(two_node_run):
     files = _wandb_run_files(two_node_run.workdir)
     assert len(files) == 1, files
     assert files[0].parent.parent == two_node_run.run_dir / "wandb"
-
-
-def _wait_for_step(run_dir: Path, step: int, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        path = run_dir / "metrics.jsonl"
-        if path.exists() and any(s >= step for s in _train_steps(run_dir)):
-            return
-        time.sleep(0.3)
-    raise TimeoutError(f"no training step {step} in {run_dir}/metrics.jsonl after {timeout_s} s")
 
 
 def _preempted_job(slurm, tmp_path: Path, max_steps: int, **settings: str):
@@ -96,7 +81,7 @@ def _preempted_job(slurm, tmp_path: Path, max_steps: int, **settings: str):
                                            "train.checkpoint_every=0", "train.eval_every=0"), **settings)
     start = time.monotonic()
     job_id = submit(slurm, "train.sbatch", tmp_path, env, ("--nodes=2",))
-    _wait_for_step(run_dir, 1)
+    wait_for_step(run_dir, 1)
     slurm.run(["scancel", "--signal=USR1", "--batch", str(job_id)])
     return finish(slurm, job_id, tmp_path, start, timeout_s=400), run_dir
 
@@ -115,7 +100,7 @@ def test_preempted_job_checkpoints_requeues_and_resumes_same_wandb_run(slurm, tm
     step = stopped.pop()
     assert resumed == {(str(run_dir), f"{step:08d}", str(step))}, tail(result)
     # Every step logged exactly once, ending at max_steps; the final checkpoint is complete.
-    assert _train_steps(run_dir) == list(range(1, max_steps + 1))
+    assert train_steps(run_dir) == list(range(1, max_steps + 1))
     assert f"step_{max_steps:08d}" in {p.name for p in (run_dir / "checkpoints").iterdir()}
     with safe_open(str(run_dir / "model_last.safetensors"), "pt") as f:
         assert f.metadata()["fcn_dist.step"] == str(max_steps)
