@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,15 @@ class ConfigError(ValueError):
 def _check_choice(section: str, key: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise ConfigError(f"{section}.{key}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
+def _check_finite(section: str, obj: Any) -> None:
+    """Every float (or list of floats) field of a section is a finite number: YAML reads .nan and .inf."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            raise ConfigError(f"{section}.{f.name}={value!r} must be a finite number")
 
 
 def _check_positive(section: str, key: str, value: float, allow_zero: bool = False) -> None:
@@ -155,6 +165,7 @@ class DataConfig:
     """format=synthetic: generator seed (same seed, same files)."""
 
     def __post_init__(self) -> None:
+        _check_finite("data", self)
         _check_choice("data", "format", self.format, ("voc", "arrow", "hub", "synthetic"))
         _check_choice("data", "preset", self.preset, ("train", "d2l"))
         _check_choice("data", "resize_on", self.resize_on, ("loader", "device"))
@@ -194,6 +205,7 @@ class OptimConfig:
     """Clip the global gradient norm to this value; 0 disables clipping."""
 
     def __post_init__(self) -> None:
+        _check_finite("optim", self)
         _check_choice("optim", "name", self.name, ("sgd", "adamw"))
         _check_choice("optim", "schedule", self.schedule, ("constant", "poly", "cosine"))
         _check_positive("optim", "lr", self.lr)
@@ -385,6 +397,60 @@ def config_to_dict(cfg: Config) -> dict:
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically; ``load_config`` reads it back equal."""
     atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+RESUME_MAY_CHANGE = {
+    "name": "a label (the W&B group default); the run directory is what identifies the run",
+    "train.epochs": "extends (or shortens) the run; the LR schedule is recomputed for the new length",
+    "train.max_steps": "as train.epochs",
+    "train.eval_every": "how often, not what, is evaluated",
+    "train.checkpoint_every": "how often checkpoints are saved",
+    "train.keep_last": "how many checkpoints are kept",
+    "train.resume": "how this invocation finds its checkpoint",
+    "train.output_dir": "where the run directory is; moving the folder keeps the run",
+    "train.run_name": "as train.output_dir",
+    "train.dist_timeout_s": "how long a process waits for the others",
+    "train.compile": "speed only: the same model and step, compiled",
+    "train.grad_accum": "allowed only where the global batch (processes x data.batch_size x grad_accum) stays the same",
+    "data.num_workers": "loader speed; augmentations are seeded per sample, whatever the workers",
+    "data.prefetch_factor": "loader speed",
+    "data.pin_memory": "loader speed",
+    "data.download": "whether a missing VOC is fetched",
+    "data.eval_batch_size": "evaluation speed: images of one size share a pass, predictions are unchanged",
+    "log.every": "how often training scalars are logged",
+    "log.wandb": "where metrics go, not what is trained",
+    "log.project": "as log.wandb",
+    "log.entity": "as log.wandb",
+    "log.num_images": "how many validation examples are logged",
+}
+"""Config keys a resumed run may change, each with why that is safe (docs/DESIGN.md, "Run identity").
+
+Every other key defines the experiment: a run directory continues only with the same values."""
+
+
+def flat_dict(cfg: Config) -> dict[str, Any]:
+    """A Config as ``{"section.key": value}`` (``name`` stays ``name``), lists for sequences."""
+    flat: dict[str, Any] = {}
+    for section, values in config_to_dict(cfg).items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{key}": list(v) if isinstance(v, tuple) else v for key, v in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+
+def config_changes(old: Config, new: Config) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """What differs between a run's config and a new one, split by ``RESUME_MAY_CHANGE``.
+
+    Returns:
+        (experiment changes, allowed changes): each ``{key: (old value, new value)}``.
+    """
+    before, after = flat_dict(old), flat_dict(new)
+    changed = {key: (before.get(key), after.get(key)) for key in sorted(set(before) | set(after))
+               if before.get(key) != after.get(key)}
+    refused = {k: v for k, v in changed.items() if k not in RESUME_MAY_CHANGE}
+    allowed = {k: v for k, v in changed.items() if k in RESUME_MAY_CHANGE}
+    return refused, allowed
 
 
 def _field_docs(cls: type) -> dict[str, str]:

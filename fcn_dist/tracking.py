@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fcn_dist.config import Config, config_to_dict
+from fcn_dist.config import Config, flat_dict
 from fcn_dist.files import atomic_write_text
 
 
@@ -45,13 +45,7 @@ def wandb_init_kwargs(cfg: Config, run_dir: Path, run_id: str | None) -> dict[st
 
 def flat_config(cfg: Config) -> dict[str, Any]:
     """Config as a flat ``section.key`` dict (W&B config panel, sweeps)."""
-    flat: dict[str, Any] = {}
-    for section, values in config_to_dict(cfg).items():
-        if isinstance(values, dict):
-            flat.update({f"{section}.{key}": value for key, value in values.items()})
-        else:
-            flat[section] = values  # the top-level name
-    return flat
+    return flat_dict(cfg)
 
 
 class MetricsLog:

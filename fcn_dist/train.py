@@ -16,6 +16,7 @@ resume. The stop flag is read after every optimizer step (docs/DESIGN.md, "Stopp
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import socket
 import sys
@@ -27,8 +28,9 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
-from fcn_dist.checkpoint import (CheckpointError, TrainState, complete_checkpoints, export_model,
-                                 find_resume_checkpoint, save_checkpoint)
+from fcn_dist.checkpoint import (RUN_CONFIG, CheckpointError, TrainState, check_run_identity, complete_checkpoints,
+                                 export_model, find_resume_checkpoint, free_run_name, load_checkpoint, plan_resume,
+                                 record_resume, save_checkpoint, train_state_json)
 from fcn_dist.cli import bad_input_errors, train_main
 from fcn_dist.config import ConfigError, save_config
 from fcn_dist.data import build_dataloaders
@@ -85,6 +87,12 @@ def _end(accelerator: Accelerator, stop: StopFlag) -> None:
         # A job-wide SIGTERM (scancel, time limit) also stops wandb's service process.
         print(f"fcn-train: warning: W&B run not finished ({err}); metrics.jsonl holds every logged row and "
               "a resumed run continues the same W&B run", file=sys.stderr)
+        import wandb
+
+        try:  # also unregisters wandb's atexit teardown, which would print this error's traceback at exit
+            wandb.teardown()
+        except ConnectionError:
+            pass
         accelerator.state.destroy_process_group()
 
 
@@ -92,10 +100,9 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
     run_dir = cfg.run_dir()
     if cfg.train.resume == "never" and complete_checkpoints(run_dir):  # before anything in it is touched
         raise CheckpointError(f"{run_dir} already holds checkpoints and train.resume=never: use train.resume=auto "
-                              "to continue it, or a new train.run_name / train.output_dir")
+                              f"to continue it, or a new run beside it: train.run_name={free_run_name(run_dir)}")
+    _, changes = check_run_identity(cfg, run_dir)  # exit 2 before anything in the run directory is written
     set_seed(cfg.train.seed)
-    if accelerator.is_main_process:
-        save_config(cfg, run_dir / "config.yaml")
     torch.backends.cudnn.benchmark = True
 
     with accelerator.main_process_first():  # the main process generates synthetic data first
@@ -111,73 +118,111 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
     model = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(cfg.optim, model)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    cfg, folder, saved, plan = _find_resume(cfg, accelerator, run_dir, changes)
 
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)  # Accelerate syncs at epoch end
     if steps_per_epoch == 0:
         raise DataError(f"the training set gives no full batch of {cfg.data.batch_size} per process on "
                         f"{accelerator.num_processes} processes: lower data.batch_size or add images")
     total_steps = cfg.train.max_steps or cfg.train.epochs * steps_per_epoch
-    # Not prepared: Accelerate would step it once per process. Registered so it is checkpointed.
+    # Not prepared: Accelerate would step it once per process. Saved in train_state.json.
     scheduler = build_scheduler(cfg.optim, optimizer, total_steps)
-    state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state)
-    resume_from = find_resume_checkpoint(run_dir, cfg.train.resume)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        accelerator.print(f"resumed from {resume_from} at step {state.step} (epoch {state.epoch}, "
-                          f"batch {state.batch_in_epoch})")
-    out = Outputs(cfg, accelerator, model, val_loader, state, stop)
+    state = TrainState(world_size=accelerator.num_processes, grad_accum=cfg.train.grad_accum)
+    if saved is not None:
+        if saved["train_state"]["step"] >= total_steps:
+            return _report_complete(accelerator, run_dir, saved["train_state"], total_steps)
+        load_checkpoint(accelerator, folder, saved, scheduler, state)
+        state.world_size, state.grad_accum = accelerator.num_processes, cfg.train.grad_accum
+        state.batch_in_epoch, accelerator.step = plan.skip_batches, 0  # resumed at an optimizer step
+        accelerator.print(f"resumed from {folder} at step {state.step} (epoch {state.epoch}, "
+                          f"batch {state.batch_in_epoch})" + "".join(f"\n  {note}" for note in plan.notes))
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / RUN_CONFIG)
+        if saved is not None and (changes or plan.notes):
+            record_resume(run_dir, state.step, changes, plan.notes)
+    out = Outputs(cfg, accelerator, model, scheduler, val_loader, state, stop, changes)
 
     def is_boundary(step: int) -> bool:
         return step % cfg.log.every == 0 or step == total_steps
 
-    progress = tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
-                    disable=not accelerator.is_main_process)
-    model.train()
-    while state.step < total_steps:
-        train_loader.set_epoch(state.epoch)
-        train_loader.dataset.set_epoch(state.epoch)  # Accelerate skips the dataset when the sampler has set_epoch
-        batches = (accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
-                   if state.batch_in_epoch else train_loader)
-        for batch in batches:
-            with accelerator.accumulate(model):
-                clip = None
-                if accelerator.sync_gradients and (cfg.optim.clip_grad_norm or is_boundary(state.step + 1)):
-                    def clip():
-                        return accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm or math.inf)
-                loss, grad_norm = train_step(model, optimizer, batch, memory_format, accelerator.backward, clip)
-            state.batch_in_epoch += 1
-            out.add_loss(loss, state.step + 1)
-            if not accelerator.sync_gradients:
-                continue
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this step
-                scheduler.step()
-            state.step += 1
-            progress.update(1)
-            if is_boundary(state.step):
-                progress.set_postfix(loss=f"{out.log_train(scheduler.get_last_lr()[0], grad_norm):.4f}")
-            if stop.requested(accelerator):  # every step, before any evaluation or checkpoint is due
+    # a context, so the bar is closed before an error line is printed
+    with tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
+              disable=not accelerator.is_main_process) as progress:
+        model.train()
+        while state.step < total_steps:
+            train_loader.set_epoch(state.epoch)
+            train_loader.dataset.set_epoch(state.epoch)  # Accelerate skips the dataset when the sampler has set_epoch
+            batches = (accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
+                       if state.batch_in_epoch else train_loader)
+            for batch in batches:
+                with accelerator.accumulate(model):
+                    clip = None
+                    if accelerator.sync_gradients and (cfg.optim.clip_grad_norm or is_boundary(state.step + 1)):
+                        def clip():
+                            return accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm or math.inf)
+                    loss, grad_norm = train_step(model, optimizer, batch, memory_format, accelerator.backward, clip)
+                state.batch_in_epoch += 1
+                out.add_loss(loss, state.step + 1)
+                if not accelerator.sync_gradients:
+                    continue
+                if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the scaler skipped this step
+                    scheduler.step()
+                state.step += 1
+                progress.update(1)
+                if is_boundary(state.step):
+                    progress.set_postfix(loss=f"{out.log_train(scheduler.get_last_lr()[0], grad_norm):.4f}")
+                if stop.requested(accelerator):  # every step, before any evaluation or checkpoint is due
+                    out.save()
+                    accelerator.print(f"stopped by signal {stop.signum} at step {state.step}: checkpoint saved; "
+                                      f"exit {EXIT_PREEMPTED}, rerun the same command to resume")
+                    return EXIT_PREEMPTED
+                if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
+                    out.evaluate()
+                if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
+                    out.save()
+                if state.step >= total_steps:
+                    if accelerator.gradient_state.end_of_dataloader:  # the last step is also the epoch's last
+                        state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                    break
+            else:  # the epoch ran to its end
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                if not cfg.train.eval_every:
+                    out.evaluate()
                 out.save()
-                accelerator.print(f"stopped by signal {stop.signum} at step {state.step}: checkpoint saved; "
-                                  f"exit {EXIT_PREEMPTED}, rerun the same command to resume")
-                return EXIT_PREEMPTED
-            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0:
-                out.evaluate()
-            if cfg.train.checkpoint_every and state.step % cfg.train.checkpoint_every == 0:
-                out.save()
-            if state.step >= total_steps:
-                break
-        else:  # the epoch ran to its end
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
-            if not cfg.train.eval_every:
-                out.evaluate()
-            out.save()
-    progress.close()
     if state.last_eval != state.step:
         out.evaluate()
-    if state.last_ckpt != state.step:
+        out.save()  # after the evaluation, so the checkpoint holds its best mIoU
+    elif state.last_ckpt != state.step:
         out.save()
     out.close()
+    return 0
+
+
+def _find_resume(cfg, accelerator: Accelerator, run_dir, changes: dict):
+    """The verified checkpoint to resume from, and the config adjusted for this number of processes."""
+    def warn(message: str) -> None:
+        print(f"fcn-train: warning: {message}", file=sys.stderr, flush=True)
+
+    folder, saved = find_resume_checkpoint(accelerator, run_dir, cfg.train.resume, warn)
+    if saved is None:
+        return cfg, None, None, None
+    old = saved["train_state"]
+    plan = plan_resume(old["world_size"], old["grad_accum"], old["batch_in_epoch"], accelerator.num_processes,
+                       cfg.train.grad_accum, cfg.data.batch_size, "train.grad_accum" in changes)
+    if plan.grad_accum != cfg.train.grad_accum:
+        changes["train.grad_accum"] = (cfg.train.grad_accum, plan.grad_accum)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_accum=plan.grad_accum))
+        accelerator.gradient_accumulation_steps = plan.grad_accum
+    return cfg, folder, saved, plan
+
+
+def _report_complete(accelerator: Accelerator, run_dir, saved: dict, total_steps: int) -> int:
+    """A finished run rerun with its config: say so and touch nothing."""
+    best = f"{saved['best_miou']:.4f}" if saved["best_miou"] >= 0 else "none"
+    accelerator.print(f"{run_dir} is complete: step {saved['step']} of {total_steps}, best val mIoU {best}; "
+                      f"models: {run_dir / 'model_best.safetensors'}, {run_dir / 'model_last.safetensors'}. "
+                      f"To train on, raise train.max_steps or train.epochs; for another run beside it, "
+                      f"train.run_name={free_run_name(run_dir)}")
     return 0
 
 
@@ -189,13 +234,16 @@ class Outputs:
     ``check_finite``: no weights are written without it.
     """
 
-    def __init__(self, cfg, accelerator: Accelerator, model, val_loader, state: TrainState, stop: StopFlag):
+    def __init__(self, cfg, accelerator: Accelerator, model, scheduler, val_loader, state: TrainState,
+                 stop: StopFlag, changes: dict):
         self.cfg, self.accelerator, self.model, self.val_loader = cfg, accelerator, model, val_loader
+        self.scheduler = scheduler
         self.state, self.stop = state, stop
         self.run_dir = cfg.run_dir()
         self.classes = class_names(cfg.data.classes)
         if cfg.log.wandb:
-            accelerator.init_trackers(cfg.log.project, config=flat_config(cfg),
+            resumed = {f"resume/{key}": f"{old} -> {new}" for key, (old, new) in changes.items()}
+            accelerator.init_trackers(cfg.log.project, config={**flat_config(cfg), **resumed},
                                       init_kwargs={"wandb": wandb_init_kwargs(cfg, self.run_dir, state.wandb_run_id)})
             if accelerator.is_main_process:
                 state.wandb_run_id = accelerator.get_tracker("wandb", unwrap=True).id
@@ -272,7 +320,8 @@ class Outputs:
         """A resumable checkpoint of this step and the ``model_last`` export, after ``check_finite``."""
         self.check_finite()
         self.state.last_ckpt = self.state.step
-        save_checkpoint(self.accelerator, self.run_dir, self.state.step, self.cfg.train.keep_last)
+        save_checkpoint(self.accelerator, self.run_dir, self.state.step, self.cfg.train.keep_last,
+                        train_state_json(self.state, self.scheduler))
         if self.accelerator.is_main_process:
             self._export("model_last.safetensors")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fcn_dist.checkpoint import find_resume_checkpoint, load_model
+from fcn_dist.checkpoint import complete_checkpoints, load_model, verify_checkpoint
 from fcn_dist.data.synthetic import make_synthetic_voc
 from fcn_dist.train import EXIT_NONFINITE, EXIT_PREEMPTED
 
@@ -118,7 +118,7 @@ def test_sigterm_mid_epoch_then_resume_is_exact(voc_root, tmp_path):
                      expect=EXIT_PREEMPTED)
     assert "stopped by signal 15 at step 5" in stopped.stdout + stopped.stderr
     run_dir = tmp_path / "resumed"
-    assert find_resume_checkpoint(run_dir, "auto").name == "step_00000005"
+    assert complete_checkpoints(run_dir)[-1].name == "step_00000005"
     resumed = _train(_overrides(voc_root, tmp_path, "resumed", **over_wandb))
     assert "resumed from" in resumed.stdout and "at step 5 (epoch 0, batch 5)" in resumed.stdout
 
@@ -148,12 +148,15 @@ def test_sigterm_mid_epoch_then_resume_is_exact(voc_root, tmp_path):
 def test_failed_save_keeps_previous_checkpoint_and_resume_uses_it(voc_root, tmp_path):
     over = {"train.max_steps": 4, "train.checkpoint_every": 2}
     crashed = _train(_overrides(voc_root, tmp_path, "run", **over), env=_env(FCN_TEST_FAIL_SAVE_AT_STEP=4),
-                     expect=1)
-    assert "injected failure" in crashed.stderr
+                     expect=2)
     run_dir = tmp_path / "run"
+    final = run_dir / "checkpoints" / "step_00000004"
+    assert crashed.stderr.strip().splitlines()[-1].startswith(
+        f"fcn-train: error: cannot save checkpoint {final}: injected failure: disk full while saving")
     folders = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert folders == [".tmp-step_00000004", "step_00000002"]
-    assert find_resume_checkpoint(run_dir, "auto").name == "step_00000002"
+    assert folders == ["step_00000002"]  # the temporary folder is removed, the previous checkpoint kept
+    verify_checkpoint(run_dir / "checkpoints" / "step_00000002")
+    assert load_model(run_dir / "model_last.safetensors")[1].step == 2
     resumed = _train(_overrides(voc_root, tmp_path, "run", **over))
     assert "step_00000002 at step 2" in resumed.stdout
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step_00000002", "step_00000004"]
@@ -165,7 +168,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_last_checkpoint(voc_root, tmp_pa
                   expect=EXIT_NONFINITE)
     assert "fcn-train: error: non-finite loss at step 5" in proc.stderr
     run_dir = tmp_path / "nan"
-    assert find_resume_checkpoint(run_dir, "auto").name == "step_00000004"
+    assert complete_checkpoints(run_dir)[-1].name == "step_00000004"
     model, info = load_model(run_dir / "model_last.safetensors")
     assert info.step == 4
     assert all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point())

@@ -9,10 +9,15 @@ Test-only. Used as ``python tests/train_hooks.py --config ... overrides`` (or un
 - ``FCN_TEST_NAN_AT_CALL=k``: the k-th loss (1-based) is NaN.
 - ``FCN_TEST_FAIL_SAVE_AT_STEP=s``: the checkpoint of step s fails halfway (after Accelerate has
   written part of it).
+- ``FCN_TEST_LOG_SAMPLES=DIR``: every rank appends the dataset indices each training micro-batch
+  consumed to ``DIR/rank<r>.jsonl`` as ``{"epoch": e, "ids": [...]}`` (needs
+  ``data.num_workers=0``: items are fetched in this process, in order, a batch ahead).
 - ``FCN_TEST_DUMP_WEIGHTS=1``: after each checkpoint, every rank writes its own unwrapped weights
   to ``<run_dir>/rank<r>_step<s>.safetensors``.
 """
 
+import collections
+import json
 import os
 import signal
 import sys
@@ -40,7 +45,7 @@ def segmentation_loss(logits, masks):
     return loss
 
 
-def save_checkpoint(accelerator, run_dir, step, keep_last):
+def save_checkpoint(accelerator, run_dir, step, keep_last, *args):
     if step == int(os.environ.get("FCN_TEST_FAIL_SAVE_AT_STEP", -1)):
         original = accelerator.save_state
 
@@ -51,10 +56,10 @@ def save_checkpoint(accelerator, run_dir, step, keep_last):
 
         accelerator.save_state = half_then_fail
         try:
-            return _save(accelerator, run_dir, step, keep_last)
+            return _save(accelerator, run_dir, step, keep_last, *args)
         finally:
             accelerator.save_state = original
-    out = _save(accelerator, run_dir, step, keep_last)
+    out = _save(accelerator, run_dir, step, keep_last, *args)
     if os.environ.get("FCN_TEST_DUMP_WEIGHTS"):
         model = accelerator.unwrap_model(accelerator._models[0])
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -63,6 +68,26 @@ def save_checkpoint(accelerator, run_dir, step, keep_last):
 
 
 engine.segmentation_loss = segmentation_loss
+
+if os.environ.get("FCN_TEST_LOG_SAMPLES"):
+    from fcn_dist.data.transforms import AugmentedDataset
+
+    fetched = collections.deque()
+    _getitem, _step = AugmentedDataset.__getitem__, train.train_step
+
+    def getitem(self, i):
+        fetched.append((int(self.epoch), self.indices[i]))
+        return _getitem(self, i)
+
+    def train_step(model, optimizer, batch, *args, **kwargs):
+        taken = [fetched.popleft() for _ in range(len(batch[1]))]
+        path = os.path.join(os.environ["FCN_TEST_LOG_SAMPLES"], f"rank{os.environ.get('RANK', '0')}.jsonl")
+        with open(path, "a") as f:
+            f.write(json.dumps({"epoch": taken[0][0], "ids": [i for _, i in taken]}) + "\n")
+        return _step(model, optimizer, batch, *args, **kwargs)
+
+    AugmentedDataset.__getitem__ = getitem
+    train.train_step = train_step
 train.save_checkpoint = save_checkpoint
 
 if __name__ == "__main__":
