@@ -30,6 +30,7 @@ from .labels import IGNORE_INDEX
 
 ARCHS = ("fcn32s", "fcn16s", "fcn8s")
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+UPSAMPLES = ("learnable", "fixed")
 
 
 class ConfigError(ValueError):
@@ -57,6 +58,11 @@ def _check_positive(section: str, key: str, value: float, allow_zero: bool = Fal
 
 
 INFERENCE_MODES = ("whole", "slide")
+
+DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
+"""Pillow's decompression-bomb limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (its default), where
+``Image.open`` refuses a file: the default of ``data.max_image_pixels`` and the CLIs'
+``--max-image-pixels`` (a constant here: this module imports no PIL)."""
 
 
 @dataclass(frozen=True)
@@ -107,7 +113,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("model", "arch", self.arch, ARCHS)
         _check_choice("model", "backbone", self.backbone, BACKBONES)
-        _check_choice("model", "upsample", self.upsample, ("learnable", "fixed"))
+        _check_choice("model", "upsample", self.upsample, UPSAMPLES)
         _check_positive("model", "num_classes", self.num_classes)
         if self.num_classes > IGNORE_INDEX:
             raise ConfigError(f"model.num_classes must be <= {IGNORE_INDEX}: masks are uint8 and {IGNORE_INDEX} is void")
@@ -155,6 +161,8 @@ class DataConfig:
     """format=hub: the column holding class-index masks."""
     classes: Optional[list[str]] = None
     """Class names; null means the 21 VOC classes."""
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    """Largest image (or mask) accepted, width x height; a larger file is a data error naming it, found from its header before any pixel is decoded (default: Pillow's decompression-bomb limit)."""
     synthetic_train: int = 200
     """format=synthetic: number of generated training images."""
     synthetic_val: int = 40
@@ -173,7 +181,7 @@ class DataConfig:
             raise ConfigError(f"data.crop_size={list(self.crop_size)} must be [H, W] with both >= 32")
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ConfigError(f"data.scale_range={list(self.scale_range)} must be [min, max] with 0 < min <= max")
-        for key in ("batch_size", "eval_batch_size", "prefetch_factor", "synthetic_max_side"):
+        for key in ("batch_size", "eval_batch_size", "prefetch_factor", "synthetic_max_side", "max_image_pixels"):
             _check_positive("data", key, getattr(self, key))
         for key in ("num_workers", "synthetic_train", "synthetic_val"):
             _check_positive("data", key, getattr(self, key), allow_zero=True)
@@ -322,21 +330,69 @@ def _type_name(type_str: str) -> str:
     return type_str
 
 
-def _field_type(full_key: str) -> str:
-    section, _, name = full_key.partition(".")
+def _field_types(section: str) -> dict[str, str]:
     cls = _SECTION_CLASSES.get(section)
-    types = {f.name: f.type for f in dataclasses.fields(cls)} if cls else {}
-    return _type_name(str(types.get(name, "?")))
+    return {f.name: str(f.type) for f in dataclasses.fields(cls)} if cls else {}
+
+
+def _field_type(full_key: str) -> str:
+    """The expected type of a key, for messages: ``float``, ``list[int]``, or an element's (``data.crop_size[0]``)."""
+    key, bracket, _ = full_key.partition("[")
+    if key == "name":
+        return "str"
+    section, _, name = key.partition(".")
+    type_str = _field_types(section).get(name)
+    if type_str is None:
+        return "a value this key does not take"
+    if bracket:  # an element of a list field: list[int] -> int
+        inner = type_str.removeprefix("Optional[").removesuffix("]")
+        return f"{inner.removeprefix('list[').removesuffix(']')} (each element of {_type_name(type_str)})"
+    return _type_name(type_str)
 
 
 def _friendly(err: OmegaConfBaseException, source: str) -> ConfigError:
-    key = getattr(err, "full_key", None) or "?"
+    key = getattr(err, "full_key", None)
+    if not key:  # OmegaConf could not tell which key: say where and what, never '?'
+        return ConfigError(f"bad value in {source}: {str(err).splitlines()[0]}")
     if isinstance(err, ConfigKeyError):
         return ConfigError(f"unknown config key '{key}' in {source}; {_valid_keys(key)}")
     if isinstance(err, ValidationError):
         return ConfigError(f"bad value for config key '{key}' in {source}: expected {_field_type(key)}, "
                            f"got {getattr(err, 'value', None)!r}")
     return ConfigError(f"config error at '{key}' in {source}: {str(err).splitlines()[0]}")
+
+
+def _described(value: Any) -> str:
+    kind = {dict: "a mapping", list: "a list"}.get(type(value), type(value).__name__)
+    return f"{kind} {value!r}"
+
+
+def _check_shape(tree: dict, source: str) -> dict:
+    """Refuse what OmegaConf cannot name a key for: a section that is not a mapping, a mapping for a list.
+
+    A section given as null (a YAML ``model:`` with every key commented out) is an empty one.
+
+    Returns:
+        ``tree`` without its null sections.
+
+    Raises:
+        ConfigError: naming the key, what it expects and what it got.
+    """
+    tree = {key: value for key, value in tree.items() if not (key in _SECTION_CLASSES and value is None)}
+    for key, value in tree.items():
+        if key == "name" and isinstance(value, (dict, list)):
+            raise ConfigError(f"bad value for config key 'name' in {source}: expected str, got {_described(value)}")
+        if key not in _SECTION_CLASSES:
+            continue  # an unknown top-level key: OmegaConf's merge names it
+        if not isinstance(value, dict):
+            raise ConfigError(f"bad value for config key '{key}' in {source}: expected a mapping of {key}.* keys "
+                              f"({_valid_keys(key + '.x').split(': ', 1)[1]}), got {_described(value)}")
+        types = _field_types(key)
+        for name, item in value.items():
+            if isinstance(item, dict) and "list[" in types.get(name, ""):
+                raise ConfigError(f"bad value for config key '{key}.{name}' in {source}: expected "
+                                  f"{_field_type(f'{key}.{name}')}, got {_described(item)}")
+    return tree
 
 
 def _merge(base, other, source: str):
@@ -367,9 +423,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         try:
             loaded = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"cannot parse YAML {path}: {str(err).splitlines()[0]}") from None
+            mark = getattr(err, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"cannot parse YAML {path}: {problem}{where}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, not {type(loaded).__name__}")
+        loaded = _check_shape(loaded, str(path))
         loaded.setdefault("name", path.stem)
         cfg = _merge(cfg, loaded, str(path))
     for item in overrides:
@@ -380,9 +440,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
             raise ConfigError(f"override {item!r} must name section.key; {_valid_keys(key)}")
         try:
             dotlist = OmegaConf.from_dotlist([item])
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"cannot parse override {item!r}: {str(err).splitlines()[0]}") from None
-        cfg = _merge(cfg, dotlist, f"override {item!r}")
+        except (OmegaConfBaseException, yaml.YAMLError) as err:  # OmegaConf parses the value as YAML
+            first = getattr(err, "problem", None) or (str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise ConfigError(f"cannot parse the value of config key '{key}' in override {item!r}: {first}; "
+                              f"write lists as {key}=[a,b] and quote values with spaces") from None
+        source = f"override {item!r}"
+        cfg = _merge(cfg, _check_shape(OmegaConf.to_container(dotlist), source), source)
     try:
         return OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
@@ -417,6 +480,7 @@ RESUME_MAY_CHANGE = {
     "data.pin_memory": "loader speed",
     "data.download": "whether a missing VOC is fetched",
     "data.eval_batch_size": "evaluation speed: images of one size share a pass, predictions are unchanged",
+    "data.max_image_pixels": "which files are accepted, not how any accepted file is read",
     "log.every": "how often training scalars are logged",
     "log.wandb": "where metrics go, not what is trained",
     "log.project": "as log.wandb",

@@ -98,3 +98,57 @@ def test_every_field_is_documented_and_readme_reference_is_current():
             assert not row.endswith("|  |"), f"{section}.{f.name} has no docstring"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert ref in readme, "README.md config reference is stale: paste the output of `fcn-train --print-config-reference`"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.crop_size=[320,480", "data.crop_size"),   # malformed list: was a YAML traceback, exit 1
+    ("data.crop_size={a:1}", "data.crop_size"),      # a mapping for a list: was a TypeError traceback
+    ("data.classes={a:1}", "data.classes"),
+    ("data.crop_size=[a,b]", "data.crop_size[0]"),   # was "expected ?"
+    ("name=[1]", "name"),                            # was "expected ?"
+])
+def test_malformed_override_is_one_line_naming_the_key(override, key, capsys):
+    from fcn_dist.cli import train_main
+
+    assert train_main([override]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"'{key}'" in lines[0] and "?" not in lines[0], lines
+
+
+@pytest.mark.parametrize("text, key", [
+    ("model: 5\n", "model"),                         # was "bad value for config key '?' ... expected ?, got None"
+    ("model: [1, 2]\n", "model"),
+    ("log: true\n", "log"),
+    ("data:\n  crop_size: {a: 1}\n", "data.crop_size"),
+    ("data:\n  crop_size: [a, b]\n", "data.crop_size[0]"),
+    ("name: {a: 1}\n", "name"),
+])
+def test_wrongly_shaped_yaml_is_one_line_naming_the_key(tmp_path, text, key, capsys):
+    from fcn_dist.cli import train_main
+
+    assert train_main(["--config", str(_yaml(tmp_path, text))]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and f"'{key}'" in lines[0] and "?" not in lines[0] and "my_recipe.yaml" in lines[0], lines
+
+
+def test_messages_say_what_each_key_expects():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.crop_size=[320,480"])
+    assert str(err.value) == ("cannot parse the value of config key 'data.crop_size' in override "
+                              "'data.crop_size=[320,480': did not find expected ',' or ']'; write lists as "
+                              "data.crop_size=[a,b] and quote values with spaces")
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["data.crop_size=[a,b]"])
+    assert "expected int (each element of list[int]), got 'a'" in str(err.value)
+
+
+def test_an_empty_section_is_the_defaults(tmp_path):
+    """`model:` with every key commented out is YAML null: the section's defaults, not an error."""
+    assert load_config(_yaml(tmp_path, "model:\ndata:\n  batch_size: 4\n")).model == Config().model
+
+
+def test_max_image_pixels_defaults_to_pillows_limit_and_must_be_positive():
+    assert load_config(None).data.max_image_pixels == 178_956_970
+    assert load_config(None, ["data.max_image_pixels=1000"]).data.max_image_pixels == 1000
+    with pytest.raises(ConfigError, match="data.max_image_pixels=0 must be > 0"):
+        load_config(None, ["data.max_image_pixels=0"])
