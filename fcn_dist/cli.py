@@ -13,11 +13,13 @@ Bad input of any kind ends as one line, ``<prog>: error: <message>``, and exit 2
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
-from .config import INFERENCE_MODES, ConfigError, InferenceOptions, config_reference, load_config
+from .config import (DEFAULT_MAX_IMAGE_PIXELS, INFERENCE_MODES, ConfigError, InferenceOptions, config_reference,
+                     load_config)
 from .labels import IGNORE_INDEX, VOC_CLASSES
 from .process import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PARTIAL, EXIT_PREEMPTED, fail
 
@@ -28,19 +30,37 @@ def bad_input_errors() -> tuple[type[Exception], ...]:
     Imported here, not at module level, because their modules import torch.
     """
     from .checkpoint import CheckpointError
-    from .data.voc import DataError
+    from .datafiles import DataError
     from .model import PretrainedWeightsError
 
     return ConfigError, DataError, CheckpointError, PretrainedWeightsError
 
 
-def run_guarded(prog: str, body: Callable[[], int]) -> int:
-    """Run a command's body; bad input becomes one line on stderr and ``EXIT_BAD_INPUT``."""
+def in_cli_terms(message: str, terms: Mapping[str, str]) -> str:
+    """A message that names ``data.*`` config keys, with each key in ``terms`` replaced by the flag that sets it.
+
+    The readers speak config keys (``set data.root to such a folder``); fcn-data, fcn-eval and
+    fcn-predict take flags instead, and pass their ``*_TERMS`` here. A key inside a path
+    (``/srv/data.root/``) is left alone.
+    """
+    if not terms:
+        return message
+    keys = "|".join(re.escape(key) for key in sorted(terms, key=len, reverse=True))
+    return re.sub(rf"(?<![\w./-])({keys})(?![\w/])", lambda match: terms[match.group(1)], message)
+
+
+DATA_TERMS = {"data.root": "--data-root", "data.max_image_pixels": "--max-image-pixels",
+              "data.classes": "--num-classes", "data.train_split / data.val_split": "--split"}
+"""How fcn-data words the readers' config keys."""
+
+
+def run_guarded(prog: str, body: Callable[[], int], terms: Optional[Mapping[str, str]] = None) -> int:
+    """Run a command's body; bad input becomes one line on stderr (in ``terms``) and ``EXIT_BAD_INPUT``."""
     errors = bad_input_errors()
     try:
         return body()
     except errors as err:
-        return fail(prog, err)
+        return fail(prog, in_cli_terms(str(err), terms or {}) or type(err).__name__)
 
 
 # ---- shared by fcn-eval and fcn-predict ---------------------------------------------------
@@ -87,6 +107,20 @@ def model_from_args(model, args: argparse.Namespace):
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.eval()
+
+
+def _pixels(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
+    return value
+
+
+def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
+    """``--max-image-pixels``, the CLI form of ``data.max_image_pixels``."""
+    parser.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                        help="largest image accepted, width x height; a larger file is refused from its header "
+                             "(default: %(default)s, Pillow's decompression-bomb limit)")
 
 
 def _parse_inference(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -248,7 +282,7 @@ def data_parser() -> argparse.ArgumentParser:
                     "(original JPEG/PNG bytes, or raw pixels with --decoded; memory-mapped when read). Train "
                     "with data.format=arrow data.root=OUT.")
     prepare.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, or VOC2012 itself")
-    prepare.add_argument("--out", required=True, help="output folder (must not exist)")
+    prepare.add_argument("--out", required=True, help="output folder; it must not exist (nothing is ever replaced)")
     prepare.add_argument("--splits", nargs="+", default=["train", "val"],
                          help="split names from ImageSets/Segmentation; train_aug uses SegmentationClassAug "
                               "(default: train val)")
@@ -257,12 +291,14 @@ def data_parser() -> argparse.ArgumentParser:
                          help="store decoded uint8 pixels instead of the JPEG/PNG files: reads skip decoding "
                               "(~9x faster per image) at ~12x the disk and page cache; for CPU-bound loaders "
                               "(few CPU cores per GPU)")
+    add_max_pixels_arg(prepare)
 
     synth = sub.add_parser(
         "synth", help="write the synthetic VOC-layout dataset",
         description="Write OUT/VOCdevkit/VOC2012: JPEGs of mixed sizes, palette PNG masks with void borders, "
                     "split files. The same arguments write byte-identical files.")
-    synth.add_argument("--out", required=True, help="output folder (the set goes to OUT/VOCdevkit/VOC2012)")
+    synth.add_argument("--out", required=True, help="output folder (the set goes to OUT/VOCdevkit/VOC2012, which "
+                                                     "must not exist)")
     synth.add_argument("--train", type=_count, default=200, help="training images (default: 200)")
     synth.add_argument("--val", type=_count, default=40, help="validation images (default: 40)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
@@ -270,15 +306,21 @@ def data_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser(
         "check", help="validate a dataset and list every problem",
-        description="Decode every image and mask and report every problem, one line each: missing root, split "
-                    "file or listed file; empty split; corrupt or truncated file; mask size differing from its "
-                    f"image; mask values outside 0..C-1 and not {IGNORE_INDEX}; RGB masks with non-VOC colours. "
-                    "Exits 1 if there is any problem, 0 otherwise. DATA_ROOT may also be an Arrow dataset from "
+        description="Decode every image and mask of the splits that training and evaluation read and report "
+                    "every problem, one line each: missing root, split file or listed file; empty split; corrupt "
+                    "or truncated file; an image above --max-image-pixels; mask size differing from its image; "
+                    f"mask values outside 0..C-1 and not {IGNORE_INDEX}; RGB masks with non-VOC colours. Then "
+                    "warnings (images with an EXIF orientation, which are read as stored; very large images) and, "
+                    "per split, the images, their range of sizes and the pixels per class. Exits 1 if there is "
+                    "any problem, 0 otherwise (warnings too). DATA_ROOT may also be an Arrow dataset from "
                     "`fcn-data prepare`.")
     check.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, VOC2012 itself, "
                                                           "or a prepared Arrow dataset")
-    check.add_argument("--split", nargs="+", default=None, help="splits to check (default: all split files)")
+    check.add_argument("--split", nargs="+", default=None,
+                       help="splits to check (default: train and val, which fcn-train and fcn-eval read unless "
+                            "told otherwise, a missing one being a problem, and every other split present)")
     check.add_argument("--num-classes", type=int, default=len(VOC_CLASSES), help=num_classes_help)
+    add_max_pixels_arg(check)
     return parser
 
 

@@ -19,3 +19,17 @@ def synthetic_voc(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic_voc")
     make_synthetic_voc(root, num_train=12, num_val=4, seed=0, max_side=96)
     return root
+
+
+@pytest.fixture(scope="session")
+def huge_jpeg(tmp_path_factory) -> Path:
+    """A 14000x14000 grayscale JPEG (196 Mpx, above Pillow's 179 Mpx decompression-bomb limit).
+
+    Solid grey, so it is ~2 MB on disk; writing it holds the 196 MB image once per session.
+    Read it, never modify it.
+    """
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("huge") / "huge.jpg"
+    Image.new("L", (14000, 14000), 128).save(path, quality=50)
+    return path

@@ -9,6 +9,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from data_helpers import problem_lines
 from PIL import Image
 
 from fcn_dist.config import load_config
@@ -100,8 +101,8 @@ def test_check_lists_bad_arrow_rows(synthetic_voc, tmp_path, capsys):
                                   "mask": datasets.Image()})
     datasets.DatasetDict({"val": datasets.Dataset.from_list(rows, features=features)}).save_to_disk(
         str(tmp_path / "arrow"))
-    assert data_cli(["check", "--data-root", str(tmp_path / "arrow")]) == 1
-    lines = capsys.readouterr().out.strip().splitlines()
+    assert data_cli(["check", "--data-root", str(tmp_path / "arrow"), "--split", "val"]) == 1
+    lines = problem_lines(capsys.readouterr().out)
     assert len(lines) == 1 and "row 1" in lines[0] and "val_00001" in lines[0] and "truncated" in lines[0]
 
 
@@ -203,8 +204,8 @@ def test_bad_decoded_rows_are_named(decoded_root, tmp_path, capsys):
         bad[1]
     with pytest.raises(DataError, match=r"row 3 \(val_00003\): height \d+ and width None"):
         bad[3]
-    assert data_cli(["check", "--data-root", str(tmp_path / "bad")]) == 1
-    lines = capsys.readouterr().out.strip().splitlines()
+    assert data_cli(["check", "--data-root", str(tmp_path / "bad"), "--split", "val"]) == 1
+    lines = problem_lines(capsys.readouterr().out)
     assert len(lines) == 2 and "row 1 (val_00001) image" in lines[0] and "row 3 (val_00003)" in lines[1]
     assert data_cli(["check", "--data-root", str(decoded_root)]) == 0
     with pytest.raises(DataError, match=r"row 0 \(val_00000\) mask: mask values .* outside 0..2"):

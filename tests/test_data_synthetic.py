@@ -15,7 +15,8 @@ from PIL import Image
 from fcn_dist.config import DataConfig
 from fcn_dist.data.cli import main as data_cli
 from fcn_dist.data.synthetic import SYNTHETIC_CLASSES, ensure_synthetic, make_synthetic_voc
-from fcn_dist.data.voc import DataError, check_voc
+from fcn_dist.data.check import check_voc
+from fcn_dist.data.voc import DataError
 from fcn_dist.labels import VOC_PALETTE
 
 
@@ -31,7 +32,7 @@ def test_layout_and_split_files(tmp_path):
     assert len(train) == 10 and len(val) == 5 and not set(train) & set(val)
     assert (splits / "trainval.txt").read_text().split() == train + val
     assert sorted(p.stem for p in (voc / "JPEGImages").glob("*.jpg")) == sorted(train + val)
-    assert check_voc(tmp_path) == []
+    assert check_voc(tmp_path).problems == []
     allowed = {0, 255, *SYNTHETIC_CLASSES}
     shapes = set()
     for name in train + val:

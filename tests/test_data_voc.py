@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from urllib.error import URLError
 
@@ -11,10 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
+from data_helpers import copy_voc, problem_lines
+
 from fcn_dist.config import DataConfig
 from fcn_dist.data import build_dataset
+from fcn_dist.data.check import check_voc
 from fcn_dist.data.cli import main as data_cli
-from fcn_dist.data.voc import DataError, VOCSegmentation, check_voc, read_split, resolve_voc_root
+from fcn_dist.data.voc import DataError, VOCSegmentation, read_split, resolve_voc_root
 from fcn_dist.labels import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
 
 # d2l.VOC_COLORMAP, the colours of classes 0..20
@@ -22,12 +24,6 @@ D2L_COLORMAP = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0], [0, 0, 128],
                 [128, 128, 128], [64, 0, 0], [192, 0, 0], [64, 128, 0], [192, 128, 0], [64, 0, 128],
                 [192, 0, 128], [64, 128, 128], [192, 128, 128], [0, 64, 0], [128, 64, 0], [0, 192, 0],
                 [128, 192, 0], [0, 64, 128]]
-
-
-def copy_voc(src_root: Path, tmp_path: Path) -> Path:
-    """A private copy of the synthetic set; returns its VOC2012 folder."""
-    shutil.copytree(src_root / "VOCdevkit", tmp_path / "VOCdevkit")
-    return tmp_path / "VOCdevkit" / "VOC2012"
 
 
 def load_all(root, split: str) -> None:
@@ -191,9 +187,9 @@ def test_check_lists_every_problem(synthetic_voc, tmp_path, capsys):
     voc = copy_voc(synthetic_voc, tmp_path)
     paths = [corrupt(voc)[0] for corrupt in BAD_INPUTS]
     # trainval repeats the train ids: each bad file is still reported once
-    assert check_voc(tmp_path) == check_voc(tmp_path, ["train", "val"])
+    assert check_voc(tmp_path).problems == check_voc(tmp_path, ["train", "val"]).problems
     assert data_cli(["check", "--data-root", str(tmp_path)]) == 1
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = problem_lines(capsys.readouterr().out)
     assert len(lines) == len(BAD_INPUTS)
     for path, line in zip(paths, lines):
         assert str(path) in line
@@ -204,8 +200,8 @@ def test_check_lists_every_problem(synthetic_voc, tmp_path, capsys):
 def test_check_accepts_a_good_dataset(synthetic_voc, capsys):
     assert data_cli(["check", "--data-root", str(synthetic_voc)]) == 0
     assert "is valid" in capsys.readouterr().out
-    assert check_voc(synthetic_voc, num_classes=16) == []  # synthetic classes go up to 15 (person)
-    assert len(check_voc(synthetic_voc, num_classes=15)) > 0
+    assert check_voc(synthetic_voc, num_classes=16).problems == []  # synthetic classes go up to 15 (person)
+    assert len(check_voc(synthetic_voc, num_classes=15).problems) > 0
 
 
 def test_download_failure_is_a_clear_error(tmp_path, monkeypatch):

@@ -25,7 +25,8 @@ import torch
 
 from ..labels import class_names
 from .transforms import AugmentedDataset, WindowScaleCrop, build_transforms
-from .voc import DataError, VOCSegmentation, download_voc, find_voc_root
+from ..datafiles import DataError, find_voc_root
+from .voc import VOCSegmentation, download_voc
 
 
 def build_reader(data_cfg, split: str):
@@ -38,7 +39,7 @@ def build_reader(data_cfg, split: str):
     num_classes = len(class_names(data_cfg.classes))
     if data_cfg.format == "arrow":
         from .hub import load_arrow
-        return load_arrow(data_cfg.root, split, num_classes)
+        return load_arrow(data_cfg.root, split, num_classes, data_cfg.max_image_pixels)
     if data_cfg.format == "hub":
         from .hub import load_hub
         return load_hub(data_cfg, split, num_classes)
@@ -49,7 +50,7 @@ def build_reader(data_cfg, split: str):
         root = Path(data_cfg.root).expanduser()
         if data_cfg.download and find_voc_root(root) is None:
             download_voc(root)
-    return VOCSegmentation(root, split, num_classes=num_classes)
+    return VOCSegmentation(root, split, num_classes=num_classes, max_pixels=data_cfg.max_image_pixels)
 
 
 def build_dataset(data_cfg, split: str, train: bool, seed: int = 0):

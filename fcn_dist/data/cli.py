@@ -8,7 +8,12 @@ Examples::
     fcn-data prepare --data-root data --out data/voc_arrow_decoded --decoded   # raw pixels: no decoding
 
 Also runnable as ``python -m fcn_dist.data.cli``. The parser lives in ``fcn_dist.cli``
-(``data_parser``), so ``fcn-data --help`` needs no torch; this module runs the commands.
+(``data_parser``), so ``fcn-data --help`` needs no torch; this module runs the commands. Its
+messages name flags (``--data-root``), not the config keys the readers name
+(``fcn_dist.cli.in_cli_terms``).
+
+``check`` prints every problem (one line each), then every warning (``warning: ...``), then one
+``split 'NAME': ...`` line of counts per split, on stdout; exit 1 if there is any problem.
 """
 
 from __future__ import annotations
@@ -18,38 +23,61 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .voc import DataError
+from ..cli import DATA_TERMS, in_cli_terms
+from ..datafiles import ARROW_MARKER, DataError, arrow_splits
+from .check import DEFAULT_SPLITS, CheckReport, SplitSummary, missing_split
 
 
-def _check_arrow(root: Path, splits: Optional[list[str]], num_classes: int, progress: bool) -> list[str]:
-    import json
-
+def _check_arrow(root: Path, splits: Optional[list[str]], num_classes: int, max_pixels: int,
+                 progress: bool) -> CheckReport:
     from .hub import load_arrow
 
-    splits = splits or json.loads((root / "dataset_dict.json").read_text())["splits"]
-    problems = []
+    report = CheckReport()
+    splits = splits or list(dict.fromkeys([*DEFAULT_SPLITS, *arrow_splits(root)]))
     for split in splits:
         try:
-            problems += load_arrow(root, split, num_classes).check(progress)
+            dataset = load_arrow(root, split, num_classes, max_pixels)
         except DataError as err:
-            problems.append(str(err))
-    return problems
+            report.problems.append(missing_split(err, split))
+            continue
+        summary = SplitSummary(split)
+        report.splits.append(summary)
+        dataset.check(report, summary, progress)
+    return report
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .voc import check_voc
+    from .check import check_voc
 
     root = Path(args.data_root).expanduser()
-    if (root / "dataset_dict.json").is_file():
-        problems = _check_arrow(root, args.split, args.num_classes, sys.stderr.isatty())
+    progress = sys.stderr.isatty()
+    if (root / ARROW_MARKER).is_file():
+        report = _check_arrow(root, args.split, args.num_classes, args.max_image_pixels, progress)
     else:
-        problems = check_voc(root, args.split, args.num_classes, progress=sys.stderr.isatty())
-    for problem in problems:
-        print(problem)
-    if problems:
-        print(f"fcn-data check: {len(problems)} problem(s) in {root}", file=sys.stderr)
+        report = check_voc(root, args.split, args.num_classes, progress, args.max_image_pixels)
+    for problem in report.problems:
+        print(in_cli_terms(problem, DATA_TERMS))
+    for warning in report.warnings:
+        print(f"warning: {in_cli_terms(warning, DATA_TERMS)}")
+    for summary in report.splits:
+        print(summary.line(args.num_classes))
+    warned = f" ({len(report.warnings)} warning(s))" if report.warnings else ""
+    if report.problems:
+        print(f"fcn-data check: {len(report.problems)} problem(s) in {root}{warned}", file=sys.stderr)
         return 1
-    print(f"fcn-data check: {root} is valid")
+    print(f"fcn-data check: {root} is valid{warned}")
+    return 0
+
+
+def _synth(args: argparse.Namespace, progress: bool) -> int:
+    from .synthetic import make_synthetic_voc
+
+    target = Path(args.out) / "VOCdevkit" / "VOC2012"
+    if target.exists():  # the generator would write into it: never over files the user made
+        raise DataError(f"{target} already exists: fcn-data synth only writes a new set; choose another --out")
+    voc = make_synthetic_voc(args.out, args.train, args.val, seed=args.seed, max_side=args.max_side,
+                             progress=progress)
+    print(f"wrote {args.train} train and {args.val} val images to {voc}")
     return 0
 
 
@@ -67,20 +95,16 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "check":
             return _check(args)
         if args.command == "synth":
-            from .synthetic import make_synthetic_voc
-            voc = make_synthetic_voc(args.out, args.train, args.val, seed=args.seed, max_side=args.max_side,
-                                     progress=progress)
-            print(f"wrote {args.train} train and {args.val} val images to {voc}")
-            return 0
+            return _synth(args, progress)
         from .hub import prepare_arrow
         out = prepare_arrow(args.data_root, args.out, args.splits, args.num_classes, progress=progress,
-                            decoded=args.decoded)
+                            decoded=args.decoded, max_pixels=args.max_image_pixels)
         form = "decoded pixels" if args.decoded else "encoded JPEG/PNG"
         print(f"wrote Arrow dataset {out} ({form}; splits: {' '.join(args.splits)}); train with "
               f"data.format=arrow data.root={out}")
         return 0
     except DataError as err:
-        print(f"fcn-data {args.command}: error: {err}", file=sys.stderr)
+        print(f"fcn-data {args.command}: error: {in_cli_terms(str(err), DATA_TERMS)}", file=sys.stderr)
         return 1
 
 

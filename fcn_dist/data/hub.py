@@ -41,11 +41,10 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .voc import (VOC_CLASSES, DataError, check_mask_values, check_sample, decode_image, decode_mask, image_size,
-                  load_pair, mask_dir, read_split, resolve_voc_root, to_tensors)
-
-SPLIT_ALIASES = {"val": ("validation", "valid"), "validation": ("val",), "valid": ("val", "validation")}
-"""Other names under which a split may be stored (hub sets often say validation)."""
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
+from ..datafiles import ARROW_MARKER, DataError, arrow_splits, find_split, read_split, resolve_voc_root
+from .voc import (VOC_CLASSES, check_mask_values, decode_mask, image_size, load_pair, read_image, sample_paths,
+                  to_tensors)
 
 
 def _features(decoded: bool):
@@ -58,14 +57,14 @@ def _features(decoded: bool):
     })
 
 
-def _voc_rows(voc_root: Path, split: str, num_classes: int, progress: bool, decoded: bool):
+def _voc_rows(voc_root: Path, split: str, num_classes: int, progress: bool, decoded: bool, max_pixels: int):
     """Rows of one split, each sample validated (decoded once) before it is written."""
     from tqdm.auto import tqdm
 
-    masks = mask_dir(voc_root, split)
-    for name in tqdm(read_split(voc_root, split), desc=f"prepare {split}", unit="img", disable=not progress):
-        image_path, mask_path = voc_root / "JPEGImages" / f"{name}.jpg", masks / f"{name}.png"
-        image, mask = load_pair(image_path, mask_path, (str(image_path), str(mask_path)), num_classes)
+    ids = read_split(voc_root, split)
+    for name, image_path, mask_path in tqdm(list(zip(ids, *sample_paths(voc_root, split, ids))),
+                                            desc=f"prepare {split}", unit="img", disable=not progress):
+        image, mask = load_pair(image_path, mask_path, (str(image_path), str(mask_path)), num_classes, max_pixels)
         if decoded:  # the validated arrays themselves: HWC image (the tensor is a view of it), HW mask
             pixels = {"image": image.permute(1, 2, 0).numpy().tobytes(), "mask": mask.numpy().tobytes()}
         else:
@@ -76,7 +75,7 @@ def _voc_rows(voc_root: Path, split: str, num_classes: int, progress: bool, deco
 
 def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
                   splits: Sequence[str] = ("train", "val"), num_classes: int = len(VOC_CLASSES),
-                  progress: bool = False, decoded: bool = False) -> Path:
+                  progress: bool = False, decoded: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Path:
     """Convert VOCdevkit splits into an Arrow ``DatasetDict`` on disk.
 
     Every sample is validated first (the same checks as the reader), so a prepared dataset
@@ -84,13 +83,14 @@ def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.Path
 
     Args:
         voc_root: data root holding ``VOCdevkit/VOC2012``, or the VOC2012 folder.
-        out_dir: the folder to create (must not exist).
+        out_dir: the folder to create; it must not exist (nothing of the user's is ever replaced).
         splits: split names (train_aug reads SBD's SegmentationClassAug masks).
         num_classes: number of classes masks may use.
         progress: show tqdm bars.
         decoded: store raw uint8 pixels (``image`` H*W*3 bytes in HWC order, ``mask`` H*W palette
             indices) as binary columns instead of the JPEG/PNG files: no decoding when read, about
             12x the disk and page cache.
+        max_pixels: the largest width x height accepted (``--max-image-pixels``).
 
     Returns:
         ``out_dir``, readable with ``datasets.load_from_disk`` and ``data.format=arrow``.
@@ -102,8 +102,9 @@ def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.Path
 
     voc = resolve_voc_root(voc_root)
     out_dir = Path(out_dir).expanduser()
-    if out_dir.exists():
-        raise DataError(f"{out_dir} already exists; remove it or choose another output folder")
+    if out_dir.exists() or out_dir.is_symlink():
+        raise DataError(f"{out_dir} already exists: fcn-data prepare only creates a new folder, it never replaces or "
+                        "adds to one; choose another --out")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
     bars_were_off = datasets.are_progress_bars_disabled()
@@ -119,14 +120,18 @@ def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.Path
                 parts[split] = datasets.Dataset.from_generator(
                     _voc_rows, features=_features(decoded), cache_dir=str(work / "cache"),
                     gen_kwargs={"voc_root": voc, "split": split, "num_classes": num_classes, "progress": progress,
-                                "decoded": decoded},
+                                "decoded": decoded, "max_pixels": max_pixels},
                     split=datasets.NamedSplit(split), writer_batch_size=100)
             except datasets.exceptions.DatasetGenerationError as err:
                 if isinstance(err.__cause__, DataError):  # datasets wraps our error: show it, it names the file
                     raise err.__cause__ from None
                 raise
         datasets.DatasetDict(parts).save_to_disk(str(work / "dataset"))
-        os.rename(work / "dataset", out_dir)
+        try:
+            os.rename(work / "dataset", out_dir)  # the folder appears complete, or not at all
+        except OSError as err:  # it was created meanwhile (a non-empty folder is never replaced)
+            raise DataError(f"{out_dir} appeared while the dataset was written ({err.strerror}); nothing was "
+                            "written into it: choose another --out") from None
     finally:
         if not progress and not bars_were_off:
             datasets.enable_progress_bars()
@@ -219,17 +224,20 @@ class ArrowSegmentation(torch.utils.data.Dataset):
         columns: (image column, mask column).
         num_classes: mask values must be in ``0..num_classes-1`` or 255.
         source: what error messages call the dataset (path or hub name, and split).
+        max_pixels: the largest width x height accepted (``data.max_image_pixels``).
 
     Raises:
         DataError: a column is missing, has an unusable type, or the split is empty.
     """
 
-    def __init__(self, table, columns: tuple[str, str], num_classes: int, source: str) -> None:
+    def __init__(self, table, columns: tuple[str, str], num_classes: int, source: str,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         import datasets
 
         self.image_column, self.mask_column = columns
         self.num_classes = num_classes
         self.source = source
+        self.max_pixels = max_pixels
         for column, key in zip(columns, ("data.hub_image_column", "data.hub_mask_column")):
             if column not in table.column_names:
                 raise DataError(f"{source}: no column {column!r} (columns: {', '.join(table.column_names)}); "
@@ -296,13 +304,13 @@ class ArrowSegmentation(torch.utils.data.Dataset):
             return to_tensors(image, mask, f"{name} mask")
         row = self.table[int(index)]
         name = self._name(index, row)
-        image = decode_image(_encoded(row[self.image_column], name), f"{name} image")
+        image, orientation = read_image(_encoded(row[self.image_column], name), f"{name} image", self.max_pixels)
         cell = row[self.mask_column]
         if isinstance(cell, dict):
-            mask = decode_mask(_encoded(cell, name), f"{name} mask", self.num_classes)
+            mask = decode_mask(_encoded(cell, name), f"{name} mask", self.num_classes, self.max_pixels)
         else:
             mask = check_mask_values(np.asarray(cell), f"{name} mask", self.num_classes)
-        return to_tensors(image, mask, f"{name} mask")
+        return to_tensors(image, mask, f"{name} mask", orientation)
 
     def sizes(self) -> list[tuple[int, int]]:
         """(H, W) of every image: the height/width columns when present, else image headers."""
@@ -311,44 +319,47 @@ class ArrowSegmentation(torch.utils.data.Dataset):
         sizes = []
         for index in range(len(self)):
             cell = self.table[index][self.image_column]
-            sizes.append(image_size(_encoded(cell, self.source), f"{self.source} row {index} image"))
+            sizes.append(image_size(_encoded(cell, self.source), f"{self.source} row {index} image", self.max_pixels))
         return sizes
 
-    def check(self, progress: bool = False) -> list[str]:
-        """Validate every row; one line per problem."""
+    def check(self, report, summary, progress: bool = False) -> None:
+        """Validate every row into ``report`` (``fcn_dist.data.check.CheckReport``), counting it in ``summary``."""
         from tqdm.auto import tqdm
 
-        problems = []
+        from .check import check_sample
+
         for index in tqdm(range(len(self)), desc=f"check {self.source}", unit="img", disable=not progress):
             row = self._decoded_row(index) if self.decoded else self.table[index]
             name = self._name(index, row)
             try:
                 if self.decoded:
-                    self._raw_pair(row, name)
+                    image, mask = self._raw_pair(row, name)
+                    summary.add(image.shape[:2], np.bincount(mask.ravel(), minlength=256))
                 elif isinstance(row[self.mask_column], dict):
-                    problems += check_sample(_encoded(row[self.image_column], name),
-                                             _encoded(row[self.mask_column], name),
-                                             (f"{name} image", f"{name} mask"), self.num_classes)
+                    check_sample(_encoded(row[self.image_column], name), _encoded(row[self.mask_column], name),
+                                 (f"{name} image", f"{name} mask"), self.num_classes, report, summary, self.max_pixels)
                 else:
-                    self[index]
+                    image, mask = self[index]
+                    summary.add(tuple(mask.shape), np.bincount(mask.numpy().ravel(), minlength=256))
             except DataError as err:  # a row-level problem (empty cell, bad array mask, wrong pixel count): go on
-                problems.append(str(err))
-        return problems
+                report.problems.append(str(err))
+                summary.add(None, None)
 
 
 def _pick_split(dataset_dict, split: str, source: str):
-    for name in (split, *SPLIT_ALIASES.get(split, ())):
-        if name in dataset_dict:
-            return dataset_dict[name]
-    raise DataError(f"{source} has no split {split!r} (splits: {', '.join(dataset_dict)}); "
-                    f"set data.train_split / data.val_split")
+    found = find_split(dataset_dict, split)
+    if found is None:
+        raise DataError(f"{source} has no split {split!r} (splits: {', '.join(dataset_dict)}); "
+                        f"set data.train_split / data.val_split")
+    return dataset_dict[found]
 
 
 def _is_saved_dataset(path: Path) -> bool:
-    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+    return (path / ARROW_MARKER).is_file() or (path / "state.json").is_file()
 
 
-def load_arrow(root: Union[str, os.PathLike], split: str, num_classes: int = len(VOC_CLASSES)) -> ArrowSegmentation:
+def load_arrow(root: Union[str, os.PathLike], split: str, num_classes: int = len(VOC_CLASSES),
+               max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ArrowSegmentation:
     """A split of a ``prepare_arrow`` dataset, memory-mapped.
 
     Raises:
@@ -357,11 +368,9 @@ def load_arrow(root: Union[str, os.PathLike], split: str, num_classes: int = len
     import datasets
 
     root = Path(root).expanduser()
-    if not (root / "dataset_dict.json").is_file():
-        raise DataError(f"{root} is not an Arrow dataset (no dataset_dict.json); create it with "
-                        f"`fcn-data prepare --data-root VOC_DIR --out {root}`")
+    arrow_splits(root)  # a folder that is no Arrow dataset fails here, with the fix
     table = _pick_split(datasets.load_from_disk(str(root)), split, str(root))
-    return ArrowSegmentation(table, ("image", "mask"), num_classes, f"{root}[{split}]")
+    return ArrowSegmentation(table, ("image", "mask"), num_classes, f"{root}[{split}]", max_pixels)
 
 
 def load_hub(data_cfg, split: str, num_classes: Optional[int] = None) -> ArrowSegmentation:
@@ -402,4 +411,4 @@ def load_hub(data_cfg, split: str, num_classes: Optional[int] = None) -> ArrowSe
                         f"{data_cfg.train_split!r} and {data_cfg.val_split!r} splits")
     table = _pick_split(loaded, split, name)
     return ArrowSegmentation(table, (data_cfg.hub_image_column, data_cfg.hub_mask_column), num_classes,
-                             f"{name}[{split}]")
+                             f"{name}[{split}]", data_cfg.max_image_pixels)

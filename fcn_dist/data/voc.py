@@ -1,6 +1,6 @@
-"""Pascal VOC: class names, the palette, the VOCdevkit reader and input validation.
+"""Pascal VOC: the VOCdevkit reader and the shared decoders.
 
-Owns the VOCdevkit layout::
+Reads the VOCdevkit layout (found by ``fcn_dist.datafiles``, which also defines ``DataError``)::
 
     VOC2012/JPEGImages/<id>.jpg
     VOC2012/SegmentationClass/<id>.png          palette PNGs: index = class, 255 = void
@@ -11,27 +11,35 @@ Labels are read as palette indices, never through RGB colours: 0..C-1 are classe
 (void, the object outlines) stays 255 so the loss and the metrics ignore it. An RGB mask is
 accepted only when every colour is a VOC palette colour.
 
-The decoders here (``decode_image``, ``decode_mask``, ``load_pair``) are shared by the Arrow
-and hub readers, so every source gives the same tensors and the same errors. Every bad input
-raises ``DataError`` with a one-line message that names the offending file and the fix.
+Images are read as stored: an EXIF orientation tag is not applied, because VOC-style
+annotation tools label the stored pixels (``fcn-data check`` warns about every tagged image;
+prediction applies the tag: ``decode_image(..., apply_exif=True)``). An image above
+``max_pixels`` (``data.max_image_pixels``, by default Pillow's decompression-bomb limit) is
+refused from its header, before any pixel is decoded.
+
+The decoders here (``decode_image``, ``read_image``, ``decode_mask``, ``load_pair``) are shared
+by the Arrow and hub readers, the checks and fcn-predict, so every source gives the same tensors
+and the same errors. Every bad input raises ``DataError`` with a one-line message that names the
+offending file and the fix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
+from ..config import DEFAULT_MAX_IMAGE_PIXELS
+from ..datafiles import (MASK_DIRS, DataError, available_splits, find_voc_root, mask_dir, read_split,  # noqa: F401
+                         resolve_voc_root, split_file)
 from ..labels import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
 from ..model import hwc_to_chw
-
-MASK_DIRS = {"train_aug": "SegmentationClassAug"}
-"""Mask folder of splits that do not use SegmentationClass (SBD's augmented set)."""
 
 _COLOUR_TO_INDEX = {
     (VOC_PALETTE[3 * i] << 16) | (VOC_PALETTE[3 * i + 1] << 8) | VOC_PALETTE[3 * i + 2]: i for i in range(256)
@@ -40,39 +48,8 @@ _COLOUR_TO_INDEX = {
 Source = Union[str, os.PathLike, bytes]
 """A file path, or the encoded bytes of a file (Arrow and hub rows)."""
 
-
-class DataError(ValueError):
-    """Unusable input data; the one-line message names the offending file and the fix."""
-
-
-def find_voc_root(root: Union[str, os.PathLike]) -> Optional[Path]:
-    """The VOC2012 folder under ``root`` (``root/VOCdevkit/VOC2012`` or ``root`` itself), or None."""
-    root = Path(root).expanduser()
-    for candidate in (root / "VOCdevkit" / "VOC2012", root):
-        if (candidate / "JPEGImages").is_dir() and (candidate / "ImageSets" / "Segmentation").is_dir():
-            return candidate
-    return None
-
-
-def resolve_voc_root(root: Union[str, os.PathLike]) -> Path:
-    """Find the VOC2012 folder from a data root.
-
-    Args:
-        root: a folder holding ``VOCdevkit/VOC2012``, or the ``VOC2012`` folder itself.
-
-    Returns:
-        The VOC2012 folder (it holds ``JPEGImages`` and ``ImageSets/Segmentation``).
-
-    Raises:
-        DataError: neither layout is there.
-    """
-    found = find_voc_root(root)
-    if found is None:
-        root = Path(root).expanduser()
-        what = "does not exist" if not root.exists() else "holds no VOC layout"
-        raise DataError(f"data root {root} {what}: expected {root}/VOCdevkit/VOC2012 or a VOC2012 folder with "
-                        f"JPEGImages/ and ImageSets/Segmentation/; set data.root (or data.download=true)")
-    return found
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag that says how a viewer turns the stored pixels (1: as stored; 5-8 swap width and height)."""
 
 
 def download_voc(root: Union[str, os.PathLike]) -> Path:
@@ -100,42 +77,53 @@ def download_voc(root: Union[str, os.PathLike]) -> Path:
     return resolve_voc_root(root)
 
 
-def split_file(voc_root: Path, split: str) -> Path:
-    """The id list ``ImageSets/Segmentation/<split>.txt`` of a VOC2012 folder."""
-    return voc_root / "ImageSets" / "Segmentation" / f"{split}.txt"
+@contextlib.contextmanager
+def _pillow_limit_off() -> Iterator[None]:
+    """Pillow's own decompression-bomb check off while a header is read; ``open_image`` applies ours.
+
+    Pillow has no per-call limit: ``Image.open`` compares the size with the module global
+    ``Image.MAX_IMAGE_PIXELS`` (a warning above it, ``DecompressionBombError`` above twice it).
+    It is set back at once, so nothing else in the process loses the check; the decoders run in
+    one thread per process (loader workers are processes).
+    """
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
 
 
-def available_splits(voc_root: Path) -> list[str]:
-    """Split names that have a file in ``ImageSets/Segmentation``."""
-    return sorted(p.stem for p in (voc_root / "ImageSets" / "Segmentation").glob("*.txt"))
+def too_large(name: str, width: int, height: int, max_pixels: int) -> DataError:
+    """The error for an image above ``data.max_image_pixels``."""
+    return DataError(f"{name}: {width}x{height} pixels ({width * height / 1e6:.1f} Mpx) is above "
+                     f"data.max_image_pixels={max_pixels} (raise it if you trust the file); downscale the image "
+                     f"or remove its id from the split file")
 
 
-def read_split(voc_root: Path, split: str) -> list[str]:
-    """Image ids of a split, in file order.
+def open_image(src: Source, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               decode: bool = True) -> Image.Image:
+    """Open an image, check its size from the header, then decode it fully.
+
+    Decoding fully here finds truncation here, not in a worker later; the size is checked
+    before any pixel is decoded, so an oversized file costs no memory.
+
+    Args:
+        src: a file path or the encoded bytes.
+        name: what error messages call it.
+        max_pixels: the largest width x height accepted (``data.max_image_pixels``).
+        decode: False reads the header only (sizes, EXIF).
 
     Raises:
-        DataError: the split file is missing or lists no id.
+        DataError: missing, corrupt or truncated file, or more than ``max_pixels`` pixels.
     """
-    path = split_file(voc_root, split)
-    if not path.is_file():
-        known = ", ".join(available_splits(voc_root)) or "none"
-        raise DataError(f"split file {path} not found; available splits: {known}")
-    ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
-    if not ids:
-        raise DataError(f"split file {path} is empty: list one image id per line")
-    return ids
-
-
-def mask_dir(voc_root: Path, split: str) -> Path:
-    """Mask folder of a split: SegmentationClassAug for train_aug, else SegmentationClass."""
-    return voc_root / MASK_DIRS.get(split, "SegmentationClass")
-
-
-def _open_full(src: Source, name: str) -> Image.Image:
-    """Open and fully decode an image, so truncation is found here and not in a worker later."""
     try:
-        img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
-        img.load()
+        with _pillow_limit_off():
+            img = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        if img.width * img.height > max_pixels:
+            raise too_large(name, img.width, img.height, max_pixels)
+        if decode:
+            img.load()
     except FileNotFoundError:
         raise DataError(f"{name}: file not found; restore it or remove its id from the split file") from None
     except (OSError, SyntaxError) as err:  # PIL's signals for corrupt or truncated files
@@ -144,20 +132,44 @@ def _open_full(src: Source, name: str) -> Image.Image:
     return img
 
 
-def decode_image(src: Source, name: str) -> np.ndarray:
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened image: 1 (as stored) when there is none or it is invalid."""
+    value = img.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _rgb(img: Image.Image) -> np.ndarray:
+    return np.asarray(img if img.mode == "RGB" else img.convert("RGB"))
+
+
+def read_image(src: Source, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, int]:
+    """The stored pixels of an RGB image and its EXIF orientation (docs/DESIGN.md, "EXIF orientation").
+
+    Returns:
+        (uint8 array (H, W, 3) as stored, EXIF orientation 1..8).
+    """
+    img = open_image(src, name, max_pixels)
+    return _rgb(img), exif_orientation(img)
+
+
+def decode_image(src: Source, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 apply_exif: bool = False) -> np.ndarray:
     """Decode an RGB image.
 
     Args:
         src: a file path or the encoded bytes.
         name: what error messages call it (the file path, or dataset and row).
+        max_pixels: the largest width x height accepted.
+        apply_exif: turn the pixels as the EXIF orientation says, as viewers show the photo
+            (prediction); datasets read the stored pixels, which their masks label.
 
     Returns:
         uint8 array (H, W, 3).
     """
-    img = _open_full(src, name)
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img)
+    img = open_image(src, name, max_pixels)
+    if apply_exif:
+        img = ImageOps.exif_transpose(img)
+    return _rgb(img)
 
 
 def _rgb_to_index(rgb: np.ndarray, name: str) -> np.ndarray:
@@ -173,7 +185,8 @@ def _rgb_to_index(rgb: np.ndarray, name: str) -> np.ndarray:
     return lut[inverse.reshape(codes.shape)]
 
 
-def decode_mask(src: Source, name: str, num_classes: int = len(VOC_CLASSES)) -> np.ndarray:
+def decode_mask(src: Source, name: str, num_classes: int = len(VOC_CLASSES),
+                max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Decode a class-index mask and check its values.
 
     Palette (P) and grayscale (L, I) PNGs hold the indices themselves; an RGB mask is mapped
@@ -183,11 +196,12 @@ def decode_mask(src: Source, name: str, num_classes: int = len(VOC_CLASSES)) -> 
         src: a file path or the encoded bytes.
         name: what error messages call it.
         num_classes: values must be in ``0..num_classes-1`` or 255.
+        max_pixels: the largest width x height accepted.
 
     Returns:
         uint8 array (H, W) of class indices, 255 = void.
     """
-    img = _open_full(src, name)
+    img = open_image(src, name, max_pixels)
     if img.mode in ("P", "L"):
         mask = np.asarray(img)
     elif img.mode in ("I", "I;16", "I;16B", "I;16L"):
@@ -221,83 +235,99 @@ def check_mask_values(mask: np.ndarray, name: str, num_classes: int) -> np.ndarr
     if not ok:
         values = sorted(set(np.unique(mask[bad()]).tolist()))
         raise DataError(f"{name}: mask values {values[:8]} are outside 0..{num_classes - 1} and not {IGNORE_INDEX}; "
-                        f"fix the mask or set data.classes to the dataset's classes")
+                        f"fix the mask, or use classes that include these values (data.classes)")
     return mask.astype(np.uint8, copy=False)
 
 
-def to_tensors(image: np.ndarray, mask: np.ndarray, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _size_hint(image_hw: tuple[int, int], mask_hw: tuple[int, int], orientation: int) -> str:
+    """Why an image and its mask may differ in size: transposed sizes point at a rotation."""
+    if image_hw[::-1] != mask_hw:
+        return ""
+    if orientation >= 5:  # orientations 5-8 swap width and height for display
+        return (f"; the image has EXIF orientation {orientation}, which viewers show as {image_hw[0]}x{image_hw[1]}, "
+                "the mask's size: EXIF is the likely cause (the mask was drawn on the rotated view, but images are "
+                "read as stored, as VOC tools do): rotate the mask to the stored pixels, or save the image rotated "
+                "without the EXIF tag")
+    return "; the sizes are transposed: one of them was likely rotated"
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray, name: str,
+               orientation: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Check sizes and convert to tensors.
 
     Args:
         image: uint8 (H, W, 3).
         mask: uint8 (H, W).
+        name: what the error calls the mask.
+        orientation: the image's EXIF orientation, named by the error when it explains a mismatch.
 
     Returns:
         image uint8 (3, H, W), a channels-last view (``fcn_dist.model.hwc_to_chw``), mask uint8 (H, W).
     """
     if image.shape[:2] != mask.shape:
         raise DataError(f"{name}: mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs from the image size "
-                        f"{image.shape[1]}x{image.shape[0]}; every mask must match its image")
+                        f"{image.shape[1]}x{image.shape[0]}; every mask must match its image"
+                        + _size_hint(image.shape[:2], mask.shape, orientation))
     image_t = hwc_to_chw(image)
     mask_t = torch.from_numpy(np.array(mask, dtype=np.uint8))
     return image_t, mask_t
 
 
-def load_pair(image_src: Source, mask_src: Source, names: tuple[str, str],
-              num_classes: int = len(VOC_CLASSES)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode and validate one (image, mask) sample.
+def load_pair(image_src: Source, mask_src: Source, names: tuple[str, str], num_classes: int = len(VOC_CLASSES),
+              max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and validate one (image, mask) sample; the image's stored pixels (no EXIF rotation).
 
     Args:
         image_src, mask_src: file paths or encoded bytes.
         names: what error messages call the image and the mask.
         num_classes: number of classes the mask may use.
+        max_pixels: the largest width x height accepted.
 
     Returns:
         image uint8 (3, H, W), mask uint8 (H, W) with 255 kept.
     """
-    image = decode_image(image_src, names[0])
-    mask = decode_mask(mask_src, names[1], num_classes)
-    return to_tensors(image, mask, names[1])
+    image, orientation = read_image(image_src, names[0], max_pixels)
+    mask = decode_mask(mask_src, names[1], num_classes, max_pixels)
+    return to_tensors(image, mask, names[1], orientation)
 
 
-def image_size(src: Source, name: str) -> tuple[int, int]:
-    """(H, W) of an image from its header only (nothing is decoded)."""
-    try:
-        with Image.open(io.BytesIO(src) if isinstance(src, bytes) else src) as img:
-            return img.height, img.width
-    except FileNotFoundError:
-        raise DataError(f"{name}: file not found; restore it or remove its id from the split file") from None
-    except (OSError, SyntaxError) as err:
-        raise DataError(f"{name}: unreadable image header ({err}); replace the file or remove its id "
-                        f"from the split file") from None
+def image_size(src: Source, name: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[int, int]:
+    """(H, W) of an image from its header only (nothing is decoded).
+
+    Raises:
+        DataError: missing or unreadable file, or more than ``max_pixels`` pixels.
+    """
+    img = open_image(src, name, max_pixels, decode=False)
+    img.close()
+    return img.height, img.width
 
 
 class VOCSegmentation(torch.utils.data.Dataset):
     """The VOCdevkit reader: one item per id of ``ImageSets/Segmentation/<split>.txt``.
 
     Files are decoded lazily in ``__getitem__``; construction only lists and stats them, so
-    start-up does not read the dataset.
+    start-up does not read the dataset. Images are read as stored, without EXIF rotation.
 
     Args:
         root: a folder holding ``VOCdevkit/VOC2012``, or the VOC2012 folder.
         split: split file name (train, val, trainval, or train_aug for SBD's masks).
         transform: optional callable ``(image, mask) -> (image, mask)`` on tensors.
         num_classes: mask values must be in ``0..num_classes-1`` or 255.
+        max_pixels: the largest width x height accepted (``data.max_image_pixels``).
 
     Raises:
         DataError: missing root or split file, empty split, or listed files missing.
     """
 
-    def __init__(self, root: Union[str, os.PathLike], split: str,
-                 transform: Optional[Callable] = None, num_classes: int = len(VOC_CLASSES)) -> None:
+    def __init__(self, root: Union[str, os.PathLike], split: str, transform: Optional[Callable] = None,
+                 num_classes: int = len(VOC_CLASSES), max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> None:
         self.voc_root = resolve_voc_root(root)
         self.split = split
         self.transform = transform
         self.num_classes = num_classes
+        self.max_pixels = max_pixels
         self.ids = read_split(self.voc_root, split)
-        masks = mask_dir(self.voc_root, split)
-        self.images = [self.voc_root / "JPEGImages" / f"{i}.jpg" for i in self.ids]
-        self.masks = [masks / f"{i}.png" for i in self.ids]
+        self.images, self.masks = sample_paths(self.voc_root, split, self.ids)
         missing = [p for pair in zip(self.images, self.masks) for p in pair if not p.is_file()]
         if missing:
             more = f" (and {len(missing) - 1} more; run fcn-data check)" if len(missing) > 1 else ""
@@ -310,72 +340,17 @@ class VOCSegmentation(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns image uint8 (3, H, W) and mask uint8 (H, W), after ``transform`` if set."""
         image, mask = load_pair(self.images[index], self.masks[index],
-                                (str(self.images[index]), str(self.masks[index])), self.num_classes)
+                                (str(self.images[index]), str(self.masks[index])), self.num_classes, self.max_pixels)
         if self.transform is not None:
             image, mask = self.transform(image, mask)
         return image, mask
 
     def sizes(self) -> list[tuple[int, int]]:
         """(H, W) of every image, from the JPEG headers."""
-        return [image_size(p, str(p)) for p in self.images]
+        return [image_size(p, str(p), self.max_pixels) for p in self.images]
 
 
-def check_sample(image_src: Source, mask_src: Source, names: tuple[str, str], num_classes: int) -> list[str]:
-    """Every problem of one sample (image and mask checked independently), one line each."""
-    problems = []
-    image = mask = None
-    try:
-        image = decode_image(image_src, names[0])
-    except DataError as err:
-        problems.append(str(err))
-    try:
-        mask = decode_mask(mask_src, names[1], num_classes)
-    except DataError as err:
-        problems.append(str(err))
-    if image is not None and mask is not None and image.shape[:2] != mask.shape:
-        try:
-            to_tensors(image, mask, names[1])
-        except DataError as err:
-            problems.append(str(err))
-    return problems
-
-
-def check_voc(root: Union[str, os.PathLike], splits: Optional[list[str]] = None,
-              num_classes: int = len(VOC_CLASSES), progress: bool = False) -> list[str]:
-    """Validate a VOCdevkit dataset and report every problem, not only the first.
-
-    Args:
-        root: data root (see ``resolve_voc_root``).
-        splits: split names; None means every split file present.
-        num_classes: number of classes masks may use.
-        progress: show a tqdm bar per split.
-
-    Returns:
-        One line per problem (missing root, split file, listed file; corrupt file; size mismatch;
-        bad mask values or colours; empty split). Empty when the dataset is good.
-    """
-    from tqdm.auto import tqdm
-
-    try:
-        voc_root = resolve_voc_root(root)
-    except DataError as err:
-        return [str(err)]
-    splits = splits or available_splits(voc_root)
-    if not splits:
-        return [f"{voc_root / 'ImageSets' / 'Segmentation'}: no split files (train.txt, val.txt, ...)"]
-    problems = []
-    checked: set[tuple[Path, Path]] = set()
-    for split in splits:
-        try:
-            ids = read_split(voc_root, split)
-        except DataError as err:
-            problems.append(str(err))
-            continue
-        masks = mask_dir(voc_root, split)
-        for i in tqdm(ids, desc=f"check {split}", disable=not progress, unit="img"):
-            pair = (voc_root / "JPEGImages" / f"{i}.jpg", masks / f"{i}.png")
-            if pair in checked:  # trainval repeats train and val
-                continue
-            checked.add(pair)
-            problems += check_sample(pair[0], pair[1], (str(pair[0]), str(pair[1])), num_classes)
-    return problems
+def sample_paths(voc_root: Path, split: str, ids: list[str]) -> tuple[list[Path], list[Path]]:
+    """The image and mask files of ``ids`` in a split: ``JPEGImages/<id>.jpg`` and ``<mask dir>/<id>.png``."""
+    masks = mask_dir(voc_root, split)
+    return [voc_root / "JPEGImages" / f"{i}.jpg" for i in ids], [masks / f"{i}.png" for i in ids]
