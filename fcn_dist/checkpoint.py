@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import struct
@@ -26,8 +27,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
-from .config import ConfigError, ModelConfig
+from .config import ARCHS, BACKBONES, UPSAMPLES, ConfigError, ModelConfig
 from .files import atomic_write, atomic_write_text, fsync_dir
+from .labels import IGNORE_INDEX
 from .model import FCN
 
 META_PREFIX = "fcn_dist."
@@ -84,18 +86,17 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: Mod
     return path
 
 
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The header metadata of a safetensors file, validated to be an fcn_dist export.
+def _header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file, checked to be well formed: tensor entries and metadata.
+
+    The format (safetensors' README): 8 bytes little-endian header length N, N bytes of a JSON
+    object mapping tensor names to ``{"dtype": str, "shape": [int, ...], "data_offsets": [begin,
+    end]}`` (offsets into the data after the header) plus an optional ``"__metadata__"`` object
+    of strings.
 
     Raises:
-        CheckpointError: missing file, pickle format, truncated/corrupt file, or no fcn_dist metadata.
+        CheckpointError: naming the file and the first malformed part.
     """
-    path = Path(path)
-    if path.suffix in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{path}: pickle checkpoints ({path.suffix}) are refused because loading them can run "
-                              "arbitrary code; pass the model_*.safetensors file that training exports")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -108,47 +109,191 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         try:
             header = json.loads(f.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise CheckpointError(f"{path}: corrupt safetensors header") from None
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-    if ends and 8 + header_len + max(ends) > size:
-        raise CheckpointError(f"{path}: truncated safetensors file (tensor data ends at byte "
-                              f"{8 + header_len + max(ends)}, file has {size}); re-export or copy it again")
-    metadata = header.get("__metadata__") or {}
+            raise CheckpointError(f"{path}: corrupt safetensors header (not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header: a JSON {type(header).__name__}, not an object of "
+                              "tensor entries; re-export the model")
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if not (isinstance(entry, dict) and all(isinstance(v, str) for v in entry.values())):
+                raise CheckpointError(f"{path}: corrupt safetensors header: __metadata__ is not an object of strings")
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        shape = entry.get("shape") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            problem = f"is a JSON {type(entry).__name__}, not a tensor entry"
+        elif not isinstance(entry.get("dtype"), str):
+            problem = "has no dtype"
+        elif not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            problem = f"has shape {shape!r}, not a list of sizes"
+        elif not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)
+                  and 0 <= offsets[0] <= offsets[1]):
+            problem = f"has data_offsets {offsets!r}, not [begin, end]"
+        elif 8 + header_len + offsets[1] > size:
+            raise CheckpointError(f"{path}: truncated safetensors file (tensor data ends at byte "
+                                  f"{8 + header_len + offsets[1]}, file has {size}); re-export or copy it again")
+        else:
+            continue
+        raise CheckpointError(f"{path}: corrupt safetensors header: tensor {name!r} {problem}; re-export the model")
+    return header
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The header metadata of a safetensors file, validated to be an fcn_dist export.
+
+    Raises:
+        CheckpointError: missing file, pickle format, truncated/corrupt file, or no fcn_dist metadata.
+    """
+    path = Path(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path}: pickle checkpoints ({path.suffix}) are refused because loading them can run "
+                              "arbitrary code; pass the model_*.safetensors file that training exports")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    metadata = _header(path).get("__metadata__") or {}
     if META_PREFIX + "model" not in metadata:
         raise CheckpointError(f"{path}: no fcn_dist metadata; it is not a model exported by fcn_dist "
                               "(use model_last.safetensors or model_best.safetensors from a run directory)")
     return metadata
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _json_field(meta: dict[str, str], key: str, default: str | None = None) -> Any:
+    """One metadata field, parsed; ``ValueError`` naming it when it is missing or not JSON."""
+    text = meta.get(META_PREFIX + key, default)
+    if text is None:
+        raise ValueError(f"{META_PREFIX}{key} is missing")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(f"{META_PREFIX}{key} is not JSON: {text[:60]!r}") from None
+
+
+def model_info(meta: dict[str, str]) -> ModelInfo:
+    """The ModelInfo of a checkpoint's metadata, every ``fcn_dist.*`` field checked.
+
+    ``model``: an object of exactly ``ModelConfig``'s fields with known ``arch``, ``backbone`` and
+    ``upsample`` and an integer ``num_classes`` in 1..254; ``classes``: ``num_classes`` distinct
+    strings; ``normalize``: ``mean`` and ``std``, 3 finite numbers each, ``std`` > 0; ``step``
+    (optional): a whole number >= 0; ``metrics`` (optional): an object. Other ``fcn_dist.*``
+    keys are ignored.
+
+    Raises:
+        ValueError: naming the field and what is wrong with it.
+    """
+    model = _json_field(meta, "model")
+    fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+    if not isinstance(model, dict):
+        raise ValueError(f"{META_PREFIX}model is a JSON {type(model).__name__}, not an object of {', '.join(fields)}")
+    if set(model) != set(fields):
+        missing, extra = sorted(set(fields) - set(model)), sorted(set(model) - set(fields))
+        raise ValueError(f"{META_PREFIX}model has {'missing ' + ', '.join(missing) if missing else ''}"
+                         f"{'; ' if missing and extra else ''}{'unknown ' + ', '.join(extra) if extra else ''} keys")
+    for key, choices in (("arch", ARCHS), ("backbone", BACKBONES), ("upsample", UPSAMPLES)):
+        if model[key] not in choices:
+            raise ValueError(f"{META_PREFIX}model {key}={model[key]!r} is not one of {', '.join(choices)}")
+    num_classes = model["num_classes"]
+    if type(num_classes) is not int or not 1 <= num_classes <= IGNORE_INDEX:
+        raise ValueError(f"{META_PREFIX}model num_classes={num_classes!r} is not a whole number in 1..{IGNORE_INDEX}")
+    if not isinstance(model["pretrained"], str):
+        raise ValueError(f"{META_PREFIX}model pretrained={model['pretrained']!r} is not a string")
+    classes = _json_field(meta, "classes")
+    if not (isinstance(classes, list) and all(isinstance(c, str) and c for c in classes)):
+        raise ValueError(f"{META_PREFIX}classes={classes!r} is not a list of class names")
+    if len(classes) != num_classes:
+        raise ValueError(f"{META_PREFIX}classes has {len(classes)} names but {META_PREFIX}model num_classes is "
+                         f"{num_classes}: one name per class")
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise ValueError(f"{META_PREFIX}classes repeats {', '.join(map(repr, repeated))}: class names must differ")
+    norm = _json_field(meta, "normalize")
+    if not isinstance(norm, dict) or set(norm) != {"mean", "std"}:
+        raise ValueError(f"{META_PREFIX}normalize={norm!r} is not an object of mean and std")
+    for key in ("mean", "std"):
+        values = norm[key]
+        if not (isinstance(values, list) and len(values) == 3 and all(_is_number(v) for v in values)):
+            raise ValueError(f"{META_PREFIX}normalize {key}={values!r} is not 3 finite numbers (one per RGB channel)")
+    if min(norm["std"]) <= 0:
+        raise ValueError(f"{META_PREFIX}normalize std={norm['std']!r} must be > 0 (inputs are divided by it)")
+    step = meta.get(META_PREFIX + "step", "0")
+    if not step.isdigit():
+        raise ValueError(f"{META_PREFIX}step={step!r} is not a whole number >= 0")
+    metrics = _json_field(meta, "metrics", "{}")
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{META_PREFIX}metrics is a JSON {type(metrics).__name__}, not an object")
+    return ModelInfo(model=ModelConfig(**{**model, "pretrained": "none"}), classes=classes, mean=norm["mean"],
+                     std=norm["std"], step=int(step), metrics=metrics)
+
+
+def _names(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_weights(state: dict[str, torch.Tensor], model: torch.nn.Module, what: str) -> None:
+    """Check a state dict against a model before it is loaded: names, shapes, dtypes and finite values.
+
+    Args:
+        state: the tensors read from the file.
+        model: the network they are for.
+        what: how the message calls the network (``fcn32s/resnet18 with 21 classes``).
+
+    Raises:
+        ValueError: naming the tensors (and both shapes) that do not fit, or the first non-finite one.
+    """
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = ([f"missing {_names(missing)}"] if missing else []) + \
+                ([f"unexpected {_names(unexpected)}"] if unexpected else [])
+        raise ValueError(f"tensors do not match {what}: {'; '.join(parts)}")
+    wrong = [f"{k} has shape {list(state[k].shape)}, the model's is {list(expected[k].shape)}"
+             for k in expected if state[k].shape != expected[k].shape]
+    if wrong:
+        raise ValueError(f"tensor {wrong[0]} ({what})" + (f"; {len(wrong) - 1} more differ" if len(wrong) > 1 else ""))
+    for k in expected:
+        if expected[k].is_floating_point() != state[k].is_floating_point():
+            raise ValueError(f"tensor {k} is {state[k].dtype}, the model's is {expected[k].dtype}")
+    bad = [k for k, t in state.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        count = int((~torch.isfinite(state[bad[0]])).sum())
+        raise ValueError(f"tensor {bad[0]} has {count} non-finite (NaN or inf) values"
+                         + (f", and {len(bad) - 1} more tensors have some" if len(bad) > 1 else "")
+                         + ": these weights cannot predict; export them again from a finite checkpoint")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[FCN, ModelInfo]:
     """Rebuild an FCN from a self-describing safetensors file, without pickle or training config.
+
+    Every metadata field is validated (``model_info``) and the tensors are checked against the
+    network (``check_weights``) before anything is loaded into it.
 
     Returns:
         (model in eval mode on ``device``, ModelInfo with classes, normalisation and config).
 
     Raises:
-        CheckpointError: see ``read_metadata``; also tensors that do not fit the stored config.
+        CheckpointError: see ``read_metadata``; also bad metadata (naming the field), tensors that
+            do not fit the stored config (naming them and both shapes), non-finite weights.
     """
     path = Path(path)
     meta = read_metadata(path)
     try:
-        model_cfg = ModelConfig(**{**json.loads(meta[META_PREFIX + "model"]), "pretrained": "none"})
-        norm = json.loads(meta[META_PREFIX + "normalize"])
-        info = ModelInfo(model=model_cfg, classes=json.loads(meta[META_PREFIX + "classes"]), mean=norm["mean"],
-                         std=norm["std"], step=int(meta.get(META_PREFIX + "step", 0)),
-                         metrics=json.loads(meta.get(META_PREFIX + "metrics", "{}")))
-    except (KeyError, TypeError, ValueError, ConfigError) as err:
-        raise CheckpointError(f"{path}: bad fcn_dist metadata ({err})") from None
+        info = model_info(meta)
+    except (ValueError, ConfigError) as err:
+        raise CheckpointError(f"{path}: bad fcn_dist metadata: {err}") from None
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path}: unreadable safetensors ({err})") from None
-    model = FCN(model_cfg)
+    model = FCN(info.model)
+    cfg = info.model
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not match {model_cfg.arch}/{model_cfg.backbone}: "
-                              f"{str(err).splitlines()[0]}") from None
+        check_weights(state, model, f"{cfg.arch}/{cfg.backbone} with {cfg.num_classes} classes")
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval(), info
 
 
