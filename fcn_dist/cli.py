@@ -31,9 +31,10 @@ def bad_input_errors() -> tuple[type[Exception], ...]:
     """
     from .checkpoint import CheckpointError
     from .datafiles import DataError
+    from .files import OverwriteError
     from .model import PretrainedWeightsError
 
-    return ConfigError, DataError, CheckpointError, PretrainedWeightsError
+    return ConfigError, DataError, CheckpointError, PretrainedWeightsError, OverwriteError
 
 
 def in_cli_terms(message: str, terms: Mapping[str, str]) -> str:
@@ -52,6 +53,12 @@ def in_cli_terms(message: str, terms: Mapping[str, str]) -> str:
 DATA_TERMS = {"data.root": "--data-root", "data.max_image_pixels": "--max-image-pixels",
               "data.classes": "--num-classes", "data.train_split / data.val_split": "--split"}
 """How fcn-data words the readers' config keys."""
+EVAL_TERMS = {"data.root": "--data-root", "data.format": "--data-format",
+              "data.max_image_pixels": "--max-image-pixels", "data.classes": "a --checkpoint trained with them",
+              "data.train_split / data.val_split": "--split", "data.val_split": "--split"}
+"""How fcn-eval words them (its classes are the checkpoint's)."""
+PREDICT_TERMS = {"data.max_image_pixels": "--max-image-pixels"}
+"""How fcn-predict words them."""
 
 
 def run_guarded(prog: str, body: Callable[[], int], terms: Optional[Mapping[str, str]] = None) -> int:
@@ -181,7 +188,8 @@ def eval_parser() -> argparse.ArgumentParser:
         prog="fcn-eval", description="Evaluate an exported fcn_dist model (.safetensors) on every image of a split, "
         "at full resolution; runs under accelerate launch / torchrun with any number of processes.",
         epilog=f"exit codes: 0 success; {EXIT_BAD_INPUT} bad checkpoint (missing, truncated, pickle, not an "
-               "fcn_dist export), bad data root or split, or bad arguments.")
+               "fcn_dist export, bad metadata or weights), bad data, an --output that would replace a file of "
+               "yours, or bad arguments.")
     parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
     parser.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, the VOC2012 folder, "
                         "or an Arrow dataset (--data-format arrow)")
@@ -195,7 +203,11 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
                         help="autocast precision (default: %(default)s)")
     parser.add_argument("--output", type=Path, help="metrics JSON to write; the confusion-matrix PNG goes beside it "
-                        "as <stem>_confusion.png")
+                        "as <stem>_confusion.png. An existing file that fcn_dist did not write is refused before "
+                        "anything runs")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing --output files that fcn_dist "
+                        "did not write (never the checkpoint or a file in the data root)")
+    add_max_pixels_arg(parser)
     parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (offline without an "
                         "API key; WANDB_MODE overrides)")
     parser.add_argument("--wandb-project", default="fcn_dist", help="W&B project (default: %(default)s)")
@@ -220,13 +232,23 @@ def predict_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fcn-predict", description="Predict class masks for images of any size with an exported fcn_dist "
         "model: writes OUTPUT/<stem>.png (palette PNG, indices = class ids, VOC palette) and "
-        "OUTPUT/<stem>_overlay.jpg.",
-        epilog=f"exit codes: 0 every image written; {EXIT_PARTIAL} some images could not be read (each is named on "
-               f"stderr and skipped; the others are written); {EXIT_BAD_INPUT} bad checkpoint (missing, truncated, "
-               "pickle, not an fcn_dist export), no images, or bad arguments.")
+        "OUTPUT/<stem>_overlay.jpg (classes tinted, outlined and named in a legend), and prints each image's "
+        "class shares. Photos are turned as their EXIF orientation says, as viewers show them. Nothing it did "
+        "not write is replaced: an output path that exists and was not written by fcn-predict is refused "
+        "before anything is written (--overwrite allows it), and an input is never replaced.",
+        epilog=f"exit codes: 0 every image written; {EXIT_PARTIAL} some images could not be read or are above "
+               f"--max-image-pixels (each is named on stderr and skipped; the others are written); "
+               f"{EXIT_BAD_INPUT} bad checkpoint (missing, truncated, pickle, not an fcn_dist export, bad metadata "
+               "or weights), no images, outputs that would replace your files, or bad arguments.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
     parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
-    parser.add_argument("--output", required=True, type=Path, help="output folder")
+    parser.add_argument("--output", required=True, type=Path, help="output folder (created)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files that fcn-predict "
+                        "did not write (an input image is never replaced)")
+    parser.add_argument("--mask-format", choices=("palette", "rgb"), default="palette",
+                        help="<stem>.png as a palette PNG whose indices are class ids (VOC tools read it), or as an "
+                             "RGB image in the same colours, for viewers (default: %(default)s)")
+    add_max_pixels_arg(parser)
     parser.add_argument("--device", default="auto",
                         help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ... "
                              "(default: %(default)s)")

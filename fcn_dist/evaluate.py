@@ -36,10 +36,10 @@ from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model
-from .cli import eval_main, model_from_args, run_guarded
+from .cli import EVAL_TERMS, eval_main, model_from_args, run_guarded
 from .config import DataConfig, InferenceOptions
 from .data import build_dataset, list_collate, loader_kwargs
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, has_image_mark, image_mark, refuse_overwrites
 from .inference import infer_logits
 from .labels import class_names
 from .metrics import compute_scores, confusion_matrix
@@ -163,7 +163,8 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_class
     model.eval()
     try:
         with torch.inference_mode(), accelerator.autocast():
-            for images, masks in tqdm(loader, desc="eval", unit="batch", disable=not accelerator.is_main_process):
+            for images, masks in tqdm(loader, desc="eval", unit="batch",
+                                      disable=not accelerator.is_main_process or not sys.stderr.isatty()):
                 triples = _predict_batch(model, images, masks, mean, std, options, device)
                 per_image = torch.stack([confusion_matrix(pred, label, num_classes) for _, pred, label in triples])
                 if accelerator.is_main_process:
@@ -200,33 +201,65 @@ def format_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def render_confusion(cm: torch.Tensor, classes: Sequence[str], cell: int = 28) -> Image.Image:
+def _wrap(text: str, font, width: int) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels, broken at spaces."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def present_classes(cm: torch.Tensor) -> list[int]:
+    """Indices of the classes in the labels or the predictions of a (C, C) confusion matrix."""
+    return [k for k in range(len(cm)) if cm[k].sum() > 0 or cm[:, k].sum() > 0]
+
+
+def render_confusion(cm: torch.Tensor, classes: Sequence[str], cell: int = 28, title: str = "") -> Image.Image:
     """Row-normalised confusion matrix as a heat map with class labels (white 0 to dark blue 1).
+
+    Classes absent from both labels and predictions (an empty row and column) are left out, and
+    the picture says which.
 
     Args:
         cm: int (C, C), rows true, columns predicted.
         classes: C names.
         cell: pixels per cell.
+        title: the first line, e.g. ``model_best.safetensors (step 240), split val, mIoU 0.781``.
 
     Returns:
         RGB image; each cell shows the percentage of its row's pixels.
     """
     cm = cm.detach().cpu().to(torch.float64)
+    shown = present_classes(cm)
+    absent = [classes[k] for k in range(len(classes)) if k not in shown]
+    cm = cm[shown][:, shown]
+    names = [classes[k] for k in shown]
     rows = cm / cm.sum(dim=1, keepdim=True).clamp_min(1)
     font = ImageFont.load_default(size=max(8, cell // 2 - 2))
     small = ImageFont.load_default(size=max(7, cell // 3))
-    label_w = int(max(font.getlength(n) for n in classes)) + 10
-    n = len(classes)
-    title_h = cell
-    img = Image.new("RGB", (label_w + n * cell + 10, title_h + label_w + n * cell + 10), "white")
+    label_w = int(max((font.getlength(n) for n in names), default=0)) + 10
+    n = len(names)
+    width = max(label_w + n * cell + 10, 16 * cell)  # the header wraps to this width
+    header = [title] if title else []
+    header.append("true (rows) vs predicted (columns), % of row")
+    if absent:
+        header.append(f"not shown, absent from labels and predictions ({len(absent)}): {', '.join(absent)}")
+    header_lines = [line for text in header for line in _wrap(text, font, width - 10)]
+    line_h = cell * 3 // 4
+    title_h = 4 + line_h * len(header_lines) + cell // 2
+    img = Image.new("RGB", (width, title_h + label_w + n * cell + 10), "white")
     draw = ImageDraw.Draw(img)
-    draw.text((label_w, 4), "true (rows) vs predicted (columns), % of row", fill="black", font=font)
+    for i, line in enumerate(header_lines):
+        draw.text((5, 4 + i * line_h), line, fill="black", font=font)
     top = title_h + label_w
-    for j, name in enumerate(classes):  # column labels, rotated to read bottom-up
+    for j, name in enumerate(names):  # column labels, rotated to read bottom-up
         text = Image.new("RGB", (label_w, cell), "white")
         ImageDraw.Draw(text).text((label_w - 5, cell // 2), name, fill="black", font=font, anchor="rm")
         img.paste(text.rotate(90, expand=True), (label_w + j * cell, title_h))
-    for i, name in enumerate(classes):
+    for i, name in enumerate(names):
         draw.text((label_w - 5, top + i * cell + cell // 2), name, fill="black", font=font, anchor="rm")
         for j in range(n):
             v = float(rows[i, j])
@@ -239,27 +272,78 @@ def render_confusion(cm: torch.Tensor, classes: Sequence[str], cell: int = 28) -
     return img
 
 
-def write_eval_files(metrics: dict, path: Union[str, os.PathLike]) -> tuple[Path, Path]:
+def confusion_title(metrics: dict, step: int | None = None) -> str:
+    """``<checkpoint> (step N), split <split>, mIoU <m>``: what a confusion-matrix PNG shows."""
+    at = f" (step {step})" if step is not None else ""
+    return f"{metrics['checkpoint']}{at}, split {metrics['split']}, mIoU {metrics['mIoU']:.4f}"
+
+
+def write_eval_files(metrics: dict, path: Union[str, os.PathLike], step: int | None = None) -> tuple[Path, Path]:
     """Write the metrics JSON and, beside it, ``<stem>_confusion.png``; both atomically.
 
     Args:
         metrics: the docs/DESIGN.md "Evaluation JSON" dict (``metrics_from_confusion`` + checkpoint, split).
         path: the JSON file.
+        step: the checkpoint's training step, for the PNG's title (training's ``checkpoint`` already says it).
 
     Returns:
         (JSON path, PNG path).
     """
     path = Path(path)
-    png = path.with_name(f"{path.stem}_confusion.png")
+    png = confusion_png(path)
     atomic_write_text(path, json.dumps(metrics, indent=1) + "\n")
+    cm, classes = torch.tensor(metrics["confusion_matrix"]), list(metrics["per_class_IoU"])
+    title = confusion_title(metrics, step)
+    mark = image_mark("evaluate", "PNG")
+    shown = present_classes(cm)
+    mark["pnginfo"].add_text("Title", title)  # what the picture says, also for tools that read PNG text
+    mark["pnginfo"].add_text("Description", f"classes shown: {', '.join(classes[k] for k in shown)}; not shown, "
+                                            "absent from labels and predictions: "
+                                            f"{', '.join(c for k, c in enumerate(classes) if k not in shown) or 'none'}")
     with atomic_write(png) as tmp:
-        render_confusion(torch.tensor(metrics["confusion_matrix"]), list(metrics["per_class_IoU"])).save(tmp, "PNG")
+        render_confusion(cm, classes, title=title).save(tmp, "PNG", **mark)
     return path, png
+
+
+def confusion_png(path: Path) -> Path:
+    """The confusion-matrix PNG written beside an evaluation JSON."""
+    return path.with_name(f"{path.stem}_confusion.png")
+
+
+EVAL_KEYS = {"mIoU", "per_class_IoU", "num_images", "confusion_matrix"}
+
+
+def _is_eval_json(path: Path) -> bool:
+    """Whether ``path`` is an evaluation JSON that fcn_dist wrote (a small JSON object with its keys)."""
+    try:
+        if path.stat().st_size > 10 * 2**20:
+            return False
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(data, dict) and EVAL_KEYS <= set(data)
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse, before anything runs, an ``--output`` that would replace a file fcn-eval did not write.
+
+    Never replaced: the checkpoint and any file in the data root. Replaced only with
+    ``--overwrite``: an existing JSON that is not an evaluation JSON, or a PNG without fcn_dist's mark.
+
+    Raises:
+        OverwriteError: naming the file and the fix.
+    """
+    if args.output is None:
+        return
+    outputs = [args.output, confusion_png(args.output)]
+    refuse_overwrites(outputs, [args.checkpoint], args.overwrite,
+                      lambda p: _is_eval_json(p) if p.suffix == ".json" else has_image_mark(p),
+                      "fcn-eval", input_dirs=(Path(args.data_root),))
 
 
 def _build_loader(args: argparse.Namespace, classes: list[str]):
     data_cfg = DataConfig(root=args.data_root, format=args.data_format, classes=list(classes),
-                          num_workers=args.num_workers)
+                          num_workers=args.num_workers, max_image_pixels=args.max_image_pixels)
     dataset = build_dataset(data_cfg, args.split, train=False)
     return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=list_collate,
                                        **loader_kwargs(data_cfg, loader_worker_init()))
@@ -290,7 +374,7 @@ def _run(args: argparse.Namespace, accelerator: Accelerator) -> None:
         print(format_table(result.metrics))
         if args.output:
             metrics = {**result.metrics, "checkpoint": str(args.checkpoint), "split": args.split}
-            json_path, png_path = write_eval_files(metrics, args.output)
+            json_path, png_path = write_eval_files(metrics, args.output, step=info.step)
             print(f"wrote {json_path} and {png_path}")
 
 
@@ -300,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
                               dataloader_config=DataLoaderConfiguration(even_batches=False),
                               log_with="wandb" if args.wandb else None)
     try:
-        return run_guarded("fcn-eval", lambda: _run(args, accelerator) or 0)
+        return run_guarded("fcn-eval", lambda: check_outputs(args) or _run(args, accelerator) or 0, EVAL_TERMS)
     finally:
         accelerator.end_training()  # finishes W&B and destroys the process group (gloo aborts otherwise)
 

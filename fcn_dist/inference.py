@@ -19,12 +19,13 @@ the modes' settings and the only tile/stride defaults.
 
 from __future__ import annotations
 
+import os
 from typing import Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .config import InferenceOptions
 from .model import hwc_to_chw, normalize
@@ -116,14 +117,20 @@ def infer_logits(model: torch.nn.Module, images: torch.Tensor, mean: Sequence[fl
     return total if passes == 1 else total / passes
 
 
-def image_to_tensor(image: Union[Image.Image, np.ndarray, torch.Tensor]) -> torch.Tensor:
-    """A PIL image, HWC uint8 array or (3, H, W) uint8 tensor as a (3, H, W) uint8 tensor.
+def image_to_tensor(image: Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor]) -> torch.Tensor:
+    """An image file, PIL image, HWC uint8 array or (3, H, W) uint8 tensor as a (3, H, W) uint8 tensor.
+
+    A file or a PIL image is turned as its EXIF orientation says (``PIL.ImageOps.exif_transpose``),
+    as viewers show it; arrays and tensors are taken as they are.
 
     Raises:
         ValueError: other dtypes or shapes.
     """
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as img:
+            image = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+    elif isinstance(image, Image.Image):
+        image = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 array, got {image.dtype} {image.shape}")
@@ -135,18 +142,19 @@ def image_to_tensor(image: Union[Image.Image, np.ndarray, torch.Tensor]) -> torc
     raise ValueError(f"expected a PIL image, numpy array or tensor, got {type(image).__name__}")
 
 
-def predict_image(model: torch.nn.Module, info, image: Union[Image.Image, np.ndarray, torch.Tensor],
+def predict_image(model: torch.nn.Module, info, image: Union[str, os.PathLike, Image.Image, np.ndarray, torch.Tensor],
                   options: InferenceOptions = InferenceOptions()) -> torch.Tensor:
     """Class map of one image, with the normalisation stored in the checkpoint.
 
     Args:
         model: FCN from ``fcn_dist.load_model`` (any device; eval mode is used).
         info: its ``ModelInfo`` (mean, std).
-        image: PIL image, (H, W, 3) uint8 array or (3, H, W) uint8 tensor, any size.
+        image: image file path, PIL image (either turned by its EXIF orientation, as displayed), (H, W, 3)
+            uint8 array or (3, H, W) uint8 tensor, any size.
         options: inference mode, tiles and test-time augmentation.
 
     Returns:
-        int64 (H, W) class ids on the CPU.
+        int64 (H, W) class ids on the CPU, of the image as displayed.
     """
     device = next(model.parameters()).device
     images = image_to_tensor(image).unsqueeze(0).to(device)

@@ -5,11 +5,21 @@
     fcn-predict --checkpoint runs/demo/model_best.safetensors --output preds/ photo.jpg folder/
 
 For every image ``<stem>.<ext>`` it writes ``<output>/<stem>.png``, a palette (mode P) PNG
-whose indices are class ids in the VOC palette (VOC tools read it), and
-``<output>/<stem>_overlay.jpg``, the prediction blended over the image. Images of any size
-work. Images are decoded as the dataset reader decodes them and inferred as ``fcn-eval`` infers
-them, so with the same checkpoint and mode the PNGs reproduce ``fcn-eval``'s confusion matrix.
-A batch only holds images of one size, so ``--batch-size`` never changes a prediction.
+whose indices are class ids in the VOC palette (VOC tools read it; ``--mask-format rgb``
+writes the same colours as an RGB image, for viewers), and ``<output>/<stem>_overlay.jpg``:
+the photo with every class but background tinted in its colour and outlined, and a legend of
+the classes present with their pixel shares; background pixels are left as they are. It
+prints each image's class shares.
+
+Photos are turned as their EXIF orientation says (``PIL.ImageOps.exif_transpose``), as every
+viewer shows them, so masks and overlays match the photo as displayed. Apart from that, images
+are decoded as the dataset reader decodes them and inferred as ``fcn-eval`` infers them, so with
+the same checkpoint and mode the PNGs of untagged images reproduce ``fcn-eval``'s confusion
+matrix. A batch only holds images of one size, so ``--batch-size`` never changes a prediction.
+
+Nothing of the user's is replaced: every output path is checked before anything is written,
+and one that is an input, or an existing file that fcn-predict did not write (its images carry
+``fcn_dist.files.image_mark``), is refused (``--overwrite`` allows the latter).
 """
 
 from __future__ import annotations
@@ -21,21 +31,25 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
 from .checkpoint import load_model
-from .cli import model_from_args, predict_main, run_guarded
-from .config import InferenceOptions
-from .data.voc import DataError, decode_image
-from .files import atomic_write
+from .cli import PREDICT_TERMS, in_cli_terms, model_from_args, predict_main, run_guarded
+from .config import DEFAULT_MAX_IMAGE_PIXELS, InferenceOptions
+from .data.voc import decode_image
+from .datafiles import DataError
+from .files import OverwriteError, atomic_write, has_image_mark, image_mark, refuse_overwrites
+from .inference import infer_logits
 from .labels import VOC_PALETTE
 from .model import hwc_to_chw
-from .inference import infer_logits
 from .process import EXIT_PARTIAL
 
+PROG = "fcn-predict"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 OVERLAY_ALPHA = 0.5
+COLOURS = np.asarray(VOC_PALETTE, dtype=np.uint8).reshape(256, 3)
+"""The VOC palette as (256, 3) RGB rows: the colour of class k is ``COLOURS[k]``."""
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -65,6 +79,23 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
+def output_paths(path: Path, out_dir: Path) -> tuple[Path, Path]:
+    """(mask PNG, overlay JPEG) that ``path`` is predicted into."""
+    return out_dir / f"{path.stem}.png", out_dir / f"{path.stem}_overlay.jpg"
+
+
+def check_outputs(paths: list[Path], out_dir: Path, overwrite: bool) -> None:
+    """Refuse, before anything is written, outputs that would replace an input or a file fcn-predict did not write.
+
+    Raises:
+        OverwriteError: naming the first such file and the fix.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OverwriteError(f"--output {out_dir} is a file, not a folder; give a folder")
+    outputs = [out for path in paths for out in output_paths(path, out_dir)]
+    refuse_overwrites(outputs, paths, overwrite, has_image_mark, PROG)
+
+
 def palette_mask(pred: torch.Tensor) -> Image.Image:
     """(H, W) class ids (< 256) as a mode-P PIL image in the VOC palette."""
     png = Image.fromarray(pred.to(torch.uint8).cpu().numpy())
@@ -72,28 +103,102 @@ def palette_mask(pred: torch.Tensor) -> Image.Image:
     return png
 
 
-def overlay(image: torch.Tensor, pred: torch.Tensor, alpha: float = OVERLAY_ALPHA) -> Image.Image:
-    """The prediction's palette colours blended over the image.
+def colour_mask(pred: torch.Tensor) -> Image.Image:
+    """(H, W) class ids as an RGB image in the VOC palette's colours (``--mask-format rgb``)."""
+    return Image.fromarray(COLOURS[pred.cpu().numpy().astype(np.int64)])
+
+
+def class_shares(pred: np.ndarray, num_classes: int) -> list[tuple[int, float]]:
+    """(class id, fraction of the pixels) of every class present in an (H, W) class map, largest first."""
+    counts = np.bincount(pred.ravel(), minlength=num_classes)
+    return sorted(((k, n / pred.size) for k, n in enumerate(counts.tolist()) if n), key=lambda kv: (-kv[1], kv[0]))
+
+
+def class_edges(pred: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of non-background classes within ``width`` pixels (4-neighbourhood steps) of another class.
+
+    Args:
+        pred: int (H, W) class ids.
+        width: outline thickness, inside each region.
+
+    Returns:
+        bool (H, W); background (class 0) pixels are never marked.
+    """
+    edge = np.zeros(pred.shape, dtype=bool)
+    padded = np.pad(pred, width, mode="edge")
+    h, w = pred.shape
+    for d in range(1, width + 1):
+        for dy, dx in ((d, 0), (-d, 0), (0, d), (0, -d)):
+            edge |= padded[width + dy:width + dy + h, width + dx:width + dx + w] != pred
+    return edge & (pred != 0)
+
+
+def share_text(share: float) -> str:
+    """A pixel share as people read it: ``12.3%``, and ``<0.1%`` for a class present on a few pixels."""
+    return f"{100 * share:.1f}%" if share >= 0.0005 else "<0.1%"
+
+
+def _legend(shares: list[tuple[int, float]], classes: Sequence[str], font_size: int) -> Image.Image:
+    """The legend box: a swatch, the name and the pixel share per class (background's swatch is empty: untinted)."""
+    font = ImageFont.load_default(size=font_size)
+    pad = max(2, font_size // 2)
+    lines = [f"{classes[k] if k < len(classes) else k} {share_text(share)}" for k, share in shares]
+    text_w = int(max(font.getlength(line) for line in lines))
+    box = Image.new("RGB", (3 * pad + font_size + text_w, pad + len(lines) * (font_size + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(box)
+    draw.rectangle((0, 0, box.width - 1, box.height - 1), outline=(0, 0, 0))
+    for row, ((k, _), line) in enumerate(zip(shares, lines)):
+        top = pad + row * (font_size + pad)
+        swatch = (pad, top, pad + font_size - 1, top + font_size - 1)
+        draw.rectangle(swatch, fill=None if k == 0 else tuple(int(c) for c in COLOURS[k]), outline=(0, 0, 0))
+        draw.text((2 * pad + font_size, top + font_size // 2), line, fill=(0, 0, 0), font=font, anchor="lm")
+    return box
+
+
+def overlay(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[str],
+            alpha: float = OVERLAY_ALPHA) -> Image.Image:
+    """The prediction drawn over the image: tinted classes, their outlines, and a legend.
+
+    Background (class 0) pixels keep the image's values, except under the legend; every other
+    class is blended with its VOC colour (weight ``alpha``) and outlined in that colour. The
+    legend lists the classes present with their pixel shares and sits in the corner where it
+    hides the fewest non-background pixels.
 
     Args:
         image: uint8 (3, H, W).
         pred: (H, W) class ids.
-        alpha: weight of the colours; background (class 0, black) darkens the image.
+        classes: the class names (``ModelInfo.classes``).
+        alpha: weight of the colours in the tint.
+
+    Returns:
+        RGB image of the image's size.
     """
-    colours = np.asarray(VOC_PALETTE, dtype=np.float32).reshape(256, 3)[pred.cpu().numpy().astype(np.int64)]
-    blend = (1 - alpha) * image.permute(1, 2, 0).cpu().numpy().astype(np.float32) + alpha * colours
-    return Image.fromarray(np.clip(blend.round(), 0, 255).astype(np.uint8))
+    rgb = image.permute(1, 2, 0).cpu().numpy()
+    ids = pred.cpu().numpy().astype(np.int64)
+    colours = COLOURS[ids]
+    tinted = np.clip(((1 - alpha) * rgb.astype(np.float32) + alpha * colours).round(), 0, 255).astype(np.uint8)
+    out = np.where((ids != 0)[..., None], tinted, rgb)
+    h, w = ids.shape
+    edges = class_edges(ids, max(1, min(h, w) // 200))
+    out[edges] = colours[edges]
+    legend = _legend(class_shares(ids, len(classes)), classes, min(48, max(10, min(h, w) // 30)))
+    lw, lh = min(legend.width, w), min(legend.height, h)
+    corners = [(0, 0), (w - lw, 0), (0, h - lh), (w - lw, h - lh)]
+    x, y = min(corners, key=lambda xy: np.count_nonzero(ids[xy[1]:xy[1] + lh, xy[0]:xy[0] + lw]))
+    out[y:y + lh, x:x + lw] = np.asarray(legend)[:lh, :lw]
+    return Image.fromarray(out)
 
 
-def _batches(paths: list[Path], batch_size: int, failed: list[str]) -> Iterator[list[tuple[Path, torch.Tensor]]]:
-    """Same-size batches of decoded (path, image uint8 (3, H, W)); unreadable files go to ``failed``."""
+def _batches(paths: list[Path], batch_size: int, failed: list[str],
+             max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[list[tuple[Path, torch.Tensor]]]:
+    """Same-size batches of decoded (path, image uint8 (3, H, W), as displayed); unreadable files go to ``failed``."""
     pending: dict[tuple[int, int], list[tuple[Path, torch.Tensor]]] = {}
     for path in paths:
         try:
-            image = hwc_to_chw(decode_image(path, str(path)))
+            image = hwc_to_chw(decode_image(path, str(path), max_pixels, apply_exif=True))
         except DataError as err:
             # the reader's message ends with a fix about split files, which does not apply here
-            failed.append(str(err).split("; ")[0])
+            failed.append(in_cli_terms(str(err).split("; ")[0], PREDICT_TERMS))
             continue
         bucket = pending.setdefault(tuple(image.shape[1:]), [])
         bucket.append((path, image))
@@ -102,17 +207,20 @@ def _batches(paths: list[Path], batch_size: int, failed: list[str]) -> Iterator[
     yield from pending.values()
 
 
-def predict_files(model: torch.nn.Module, info, paths: list[Path], out_dir: Path,
-                  options: InferenceOptions, batch_size: int = 1) -> list[str]:
-    """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every readable image.
+def predict_files(model: torch.nn.Module, info, paths: list[Path], out_dir: Path, options: InferenceOptions,
+                  batch_size: int = 1, mask_format: str = "palette",
+                  max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[str]:
+    """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every readable image; print each one's class shares.
 
     Args:
         model: FCN in eval mode.
-        info: its ModelInfo (mean, std).
-        paths: image files.
+        info: its ModelInfo (mean, std, classes).
+        paths: image files, checked with ``check_outputs`` first.
         out_dir: output folder (created).
         options: inference mode, tiles and test-time augmentation.
         batch_size: images of one size per forward pass.
+        mask_format: ``palette`` (mode P, indices = class ids) or ``rgb``.
+        max_pixels: the largest image accepted (``--max-image-pixels``).
 
     Returns:
         One message per image that could not be read (those are skipped).
@@ -120,15 +228,21 @@ def predict_files(model: torch.nn.Module, info, paths: list[Path], out_dir: Path
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     failed: list[str] = []
-    with tqdm(total=len(paths), unit="img", desc="predict") as bar, torch.inference_mode():
-        for batch in _batches(paths, batch_size, failed):
+    with tqdm(total=len(paths), unit="img", desc="predict", disable=not sys.stderr.isatty()) as bar, \
+            torch.inference_mode():
+        for batch in _batches(paths, batch_size, failed, max_pixels):
             images = torch.stack([image for _, image in batch]).to(device)
             preds = infer_logits(model, images, info.mean, info.std, options).argmax(dim=1).cpu()
             for (path, image), pred in zip(batch, preds):
-                with atomic_write(out_dir / f"{path.stem}.png") as tmp:
-                    palette_mask(pred).save(tmp, "PNG")
-                with atomic_write(out_dir / f"{path.stem}_overlay.jpg") as tmp:
-                    overlay(image, pred).save(tmp, "JPEG", quality=90)
+                mask_path, overlay_path = output_paths(path, out_dir)
+                with atomic_write(mask_path) as tmp:
+                    mask = palette_mask(pred) if mask_format == "palette" else colour_mask(pred)
+                    mask.save(tmp, "PNG", **image_mark(PROG, "PNG"))
+                with atomic_write(overlay_path) as tmp:
+                    overlay(image, pred, info.classes).save(tmp, "JPEG", quality=90, **image_mark(PROG, "JPEG"))
+                shares = class_shares(pred.numpy(), len(info.classes))
+                bar.write(f"{path}: " + ", ".join(f"{info.classes[k]} {share_text(s)}" for k, s in shares),
+                          file=sys.stdout)
             bar.update(len(batch))
         bar.update(len(failed))
     return failed
@@ -145,16 +259,18 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
 
     def body() -> int:
-        model, info = load_model(args.checkpoint, device)
         paths = collect_images(args.inputs)
-        failed = predict_files(model_from_args(model, args), info, paths, args.output, args.options, args.batch_size)
+        check_outputs(paths, args.output, args.overwrite)
+        model, info = load_model(args.checkpoint, device)
+        failed = predict_files(model_from_args(model, args), info, paths, args.output, args.options, args.batch_size,
+                               args.mask_format, args.max_image_pixels)
         for message in failed:
-            print(f"fcn-predict: skipped {message}", file=sys.stderr)
+            print(f"{PROG}: skipped {message}", file=sys.stderr)
         skipped = f"; {len(failed)} images skipped" if failed else ""
         print(f"wrote {len(paths) - len(failed)} masks and overlays to {args.output}{skipped}")
         return EXIT_PARTIAL if failed else 0
 
-    return run_guarded("fcn-predict", body)
+    return run_guarded(PROG, body, PREDICT_TERMS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

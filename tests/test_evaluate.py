@@ -1,7 +1,9 @@
 """evaluate(): exact counts on one and two processes; the fcn-eval CLI, its files and its errors."""
 
 import json
+import shutil
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -14,7 +16,7 @@ from fcn_dist.data import build_dataset
 from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD
 from fcn_dist.labels import VOC_CLASSES
 from fcn_dist.data import list_collate
-from fcn_dist.evaluate import evaluate, main
+from fcn_dist.evaluate import evaluate, main, render_confusion
 from fcn_dist.inference import predict_image
 from fcn_dist.metrics import confusion_matrix
 
@@ -243,3 +245,63 @@ def test_cli_arrow_dataset_gives_same_matrix_as_voc(tmp_path, data, capsys):
         assert code == 0, err
     voc, arr = (json.loads(outputs[f].read_text()) for f in ("voc", "arrow"))
     assert arr["confusion_matrix"] == voc["confusion_matrix"] and arr["num_images"] == 5
+
+
+def test_output_never_replaces_a_file_fcn_eval_did_not_write(tmp_path, data, capsys):
+    ckpt, root = data
+    notes = tmp_path / "m.json"
+    notes.write_text('{"my": "notes"}\n')
+    code, _, err = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", notes, "--num-workers", "0"],
+                            capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"fcn-eval: error: {notes} exists and was not written by fcn-eval; choose another --output, or pass "
+        "--overwrite to replace it"]
+    assert notes.read_text() == '{"my": "notes"}\n' and not notes.with_name("m_confusion.png").exists()
+    # never an input, even with --overwrite: the checkpoint, a file of the data root
+    split = root / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt"
+    for target in (ckpt, split):
+        before = target.read_bytes()
+        code, _, err = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", target, "--overwrite",
+                                 "--num-workers", "0"], capsys)
+        assert code == 2 and f"{target} is an input of fcn-eval" in err and target.read_bytes() == before
+    assert _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", notes, "--overwrite",
+                     "--num-workers", "0"], capsys)[0] == 0
+    assert _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", notes,  # its own files: replaced
+                     "--num-workers", "0"], capsys)[0] == 0
+    assert json.loads(notes.read_text())["num_images"] == 5
+
+
+def test_the_confusion_png_says_what_it_shows_and_leaves_absent_classes_out(tmp_path, data, capsys):
+    ckpt, root = data
+    out = tmp_path / "m.json"
+    assert _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", out, "--num-workers", "0"], capsys)[0] == 0
+    metrics = json.loads(out.read_text())
+    png = Image.open(out.with_name("m_confusion.png"))
+    assert png.text["Title"] == f"{ckpt} (step 7), split val, mIoU {metrics['mIoU']:.4f}"
+    cm = torch.tensor(metrics["confusion_matrix"])
+    shown = [k for k in range(21) if cm[k].sum() or cm[:, k].sum()]
+    absent = [VOC_CLASSES[k] for k in range(21) if k not in shown]
+    assert 0 < len(absent) < 21 and list(metrics["per_class_IoU"]) == list(VOC_CLASSES)  # the JSON keeps all 21
+    assert png.text["Description"] == (f"classes shown: {', '.join(VOC_CLASSES[k] for k in shown)}; not shown, "
+                                       f"absent from labels and predictions: {', '.join(absent)}")
+    # the picture is render_confusion's with that title, which takes a line of its own above the matrix
+    assert np.array_equal(np.asarray(png.convert("RGB")), np.asarray(render_confusion(cm, VOC_CLASSES,
+                                                                                       title=png.text["Title"])))
+    assert render_confusion(cm, VOC_CLASSES).height < png.height
+    # the picture's matrix is the one of the present classes alone, pixel for pixel
+    alone = render_confusion(cm[shown][:, shown], [VOC_CLASSES[k] for k in shown], title=png.text["Title"])
+    rows = 28 * len(shown) + 10  # the cell rows and the bottom margin
+    assert png.width == alone.width
+    assert np.array_equal(np.asarray(png.convert("RGB"))[-rows:], np.asarray(alone)[-rows:])
+
+
+def test_a_data_error_in_a_loader_worker_is_the_same_one_line(tmp_path, data, capsys):
+    ckpt, root = data
+    bad = tmp_path / "voc"
+    shutil.copytree(root / "VOCdevkit", bad / "VOCdevkit")
+    image = sorted((bad / "VOCdevkit/VOC2012/JPEGImages").glob("val_*.jpg"))[3]
+    image.write_bytes(image.read_bytes()[:300])
+    code, _, err = _run_cli(["--checkpoint", ckpt, "--data-root", bad, "--num-workers", "2"], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"fcn-eval: error: {image}: corrupt or truncated image (Truncated File Read); replace the file or remove its "
+        "id from the split file"]

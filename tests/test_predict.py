@@ -1,18 +1,22 @@
-"""fcn-predict: palette PNGs and overlays, agreement with fcn-eval, bad input."""
+"""fcn-predict: palette PNGs and overlays, agreement with fcn-eval, bad input, nothing of the user's replaced,
+EXIF-rotated photos, the overlay's legend."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+import skimage.data
 import torch
+from data_helpers import save_with_orientation
 from eval_helpers import make_checkpoint, make_voc
 from PIL import Image
 
 from fcn_dist import evaluate, load_model
-from fcn_dist.labels import VOC_PALETTE
+from fcn_dist.labels import VOC_CLASSES, VOC_PALETTE
 from fcn_dist.inference import InferenceOptions, predict_image
 from fcn_dist.metrics import confusion_matrix
-from fcn_dist.predict import _batches, collect_images, main
+from fcn_dist.predict import COLOURS, _batches, _legend, class_edges, collect_images, main, overlay, share_text
 
 torch.set_num_threads(1)
 
@@ -145,3 +149,128 @@ def test_predict_image_options_slide(data):
     whole = predict_image(model, info, image)
     covering = predict_image(model, info, image, InferenceOptions(mode="slide", tile=(512, 512), stride=(256, 256)))
     assert torch.equal(whole, covering)
+
+
+# ---- nothing of the user's is replaced ------------------------------------------------------
+
+def _digests(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_output_into_the_input_folder_is_refused_and_every_input_is_untouched(tmp_path, data, capsys):
+    """`fcn-predict --output D D/` with PNG and JPEG photos in D: coffee.png would become its own mask."""
+    ckpt, voc = data
+    folder = tmp_path / "D"
+    folder.mkdir()
+    shutil.copyfile(next((voc / "JPEGImages").glob("val_*.jpg")), folder / "photo.jpg")
+    Image.fromarray(skimage.data.coffee()[::4, ::4]).save(folder / "coffee.png")
+    before = _digests(folder)
+    for extra in ([], ["--overwrite"]):  # --overwrite never replaces an input
+        code, stdout, err = _run(["--checkpoint", ckpt, "--output", folder, folder, *extra], capsys)
+        assert code == 2 and err.strip().splitlines() == [
+            f"fcn-predict: error: {folder / 'coffee.png'} is an input of fcn-predict and would be replaced by its "
+            "output; choose another --output (--overwrite never replaces an input)"], err
+        assert _digests(folder) == before  # byte-identical, and nothing added
+
+
+def test_a_file_it_did_not_write_is_refused_unless_overwrite(tmp_path, data, capsys):
+    ckpt, voc = data
+    image = next((voc / "JPEGImages").glob("val_*.jpg"))
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = out / f"{image.stem}_overlay.jpg"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(mine)  # the user's own picture, by chance of that name
+    before = mine.read_bytes()
+    code, _, err = _run(["--checkpoint", ckpt, "--output", out, image], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"fcn-predict: error: {mine} exists and was not written by fcn-predict; choose another --output, or pass "
+        "--overwrite to replace it"]
+    assert sorted(p.name for p in out.iterdir()) == [mine.name] and mine.read_bytes() == before
+    assert _run(["--checkpoint", ckpt, "--output", out, image, "--overwrite"], capsys)[0] == 0
+    assert mine.read_bytes() != before and Image.open(mine).size == Image.open(image).size
+    assert _run(["--checkpoint", ckpt, "--output", out, image], capsys)[0] == 0  # its own outputs: replaced
+    (tmp_path / "file").write_text("x")
+    code, _, err = _run(["--checkpoint", ckpt, "--output", tmp_path / "file", image], capsys)
+    assert code == 2 and "is a file, not a folder" in err and (tmp_path / "file").read_text() == "x"
+
+
+# ---- photos as people see them ----------------------------------------------------------------
+
+def test_an_exif_rotated_photo_is_predicted_as_displayed(tmp_path, data, capsys):
+    """scikit-image's chelsea (451x300) saved with EXIF orientation 6, as phones do: viewers show it 300x451."""
+    ckpt, _ = data
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    tagged = save_with_orientation(Image.fromarray(skimage.data.chelsea()), photos / "chelsea_exif6.jpg", 6,
+                                   quality=90)
+    assert Image.open(tagged).size == (451, 300)
+    # the same photo turned as a viewer turns it, saved without EXIF (PNG: the very pixels the JPEG decodes to)
+    displayed = Image.open(tagged).transpose(Image.Transpose.ROTATE_270)
+    displayed.save(photos / "chelsea_turned.png")
+    assert displayed.size == (300, 451)
+    flags = ["--no-fold-bn", "--no-channels-last"]  # as predict_image below runs, so the comparison is exact
+    code, stdout, _ = _run(["--checkpoint", ckpt, "--output", tmp_path / "out", *flags, photos], capsys)
+    assert code == 0, stdout
+    out = tmp_path / "out"
+    for stem in ("chelsea_exif6", "chelsea_turned"):
+        assert Image.open(out / f"{stem}.png").size == (300, 451)
+        assert Image.open(out / f"{stem}_overlay.jpg").size == (300, 451)
+    tagged_mask = np.asarray(Image.open(out / "chelsea_exif6.png"))
+    assert np.array_equal(tagged_mask, np.asarray(Image.open(out / "chelsea_turned.png")))
+    model, info = load_model(ckpt)
+    for source in (tagged, str(tagged), Image.open(tagged)):  # predict_image on a path or a PIL image
+        assert np.array_equal(predict_image(model, info, source).numpy(), tagged_mask)
+
+
+def test_an_image_above_the_pixel_limit_is_skipped_with_exit_1(tmp_path, data, huge_jpeg, capsys):
+    ckpt, voc = data
+    good = next((voc / "JPEGImages").glob("val_*.jpg"))
+    code, stdout, err = _run(["--checkpoint", ckpt, "--output", tmp_path / "out", good, huge_jpeg], capsys)
+    assert code == 1
+    assert err.strip().splitlines() == [
+        f"fcn-predict: skipped {huge_jpeg}: 14000x14000 pixels (196.0 Mpx) is above --max-image-pixels=178956970 "
+        "(raise it if you trust the file)"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{good.stem}.png", f"{good.stem}_overlay.jpg"]
+
+
+# ---- pictures people can read -------------------------------------------------------------------
+
+def test_the_overlay_of_a_two_class_prediction_has_its_legend_and_leaves_background_alone():
+    image = torch.from_numpy(np.ascontiguousarray(skimage.data.astronaut()[::4, ::4].transpose(2, 0, 1)))  # 128x128
+    pred = torch.zeros(128, 128, dtype=torch.int64)
+    pred[40:100, 50:110] = 15  # a person
+    out = np.asarray(overlay(image, pred, VOC_CLASSES))
+    rgb = image.permute(1, 2, 0).numpy()
+    assert out.shape == rgb.shape
+    # the legend: person and background with their shares, pixel for pixel, in a corner
+    legend = np.asarray(_legend([(0, 1 - 3600 / 128 ** 2), (15, 3600 / 128 ** 2)], VOC_CLASSES, 10))
+    lh, lw = legend.shape[:2]
+    corners = {(y, x): out[y:y + lh, x:x + lw] for y in (0, 128 - lh) for x in (0, 128 - lw)}
+    (y0, x0), = [corner for corner, pixels in corners.items() if np.array_equal(pixels, legend)]
+    assert (legend == COLOURS[15]).all(axis=-1).sum() >= 8 * 8  # the person swatch, in the person colour
+    under_legend = np.zeros(pred.shape, dtype=bool)
+    under_legend[y0:y0 + lh, x0:x0 + lw] = True
+    background = (pred.numpy() == 0) & ~under_legend
+    assert np.array_equal(out[background], rgb[background])  # untouched, to the last bit
+    person = pred.numpy() == 15
+    edges = class_edges(pred.numpy())
+    assert edges.sum() == 2 * (60 + 60) - 4 and not edges[~person].any()  # a 1 px outline, inside the region
+    assert (out[edges] == COLOURS[15]).all()
+    inside = person & ~edges
+    tint = np.clip((0.5 * rgb[inside].astype(np.float32) + 0.5 * COLOURS[15]).round(), 0, 255)
+    assert np.array_equal(out[inside], tint.astype(np.uint8))
+
+
+def test_mask_format_rgb_writes_the_palette_colours_and_shares_are_printed(tmp_path, data, capsys):
+    ckpt, voc = data
+    image = next((voc / "JPEGImages").glob("val_*.jpg"))
+    assert _run(["--checkpoint", ckpt, "--output", tmp_path / "p", image], capsys)[0] == 0
+    code, stdout, _ = _run(["--checkpoint", ckpt, "--output", tmp_path / "rgb", "--mask-format", "rgb", image], capsys)
+    assert code == 0
+    ids = np.asarray(Image.open(tmp_path / "p" / f"{image.stem}.png"))
+    rgb = Image.open(tmp_path / "rgb" / f"{image.stem}.png")
+    assert rgb.mode == "RGB" and np.array_equal(np.asarray(rgb), COLOURS[ids])
+    counts = np.bincount(ids.ravel(), minlength=21)
+    order = sorted((k for k in range(21) if counts[k]), key=lambda k: (-counts[k], k))
+    expected = ", ".join(f"{VOC_CLASSES[k]} {share_text(counts[k] / ids.size)}" for k in order)
+    assert f"{image}: {expected}" in stdout.splitlines()
