@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import re
 import signal
 import sys
 import time
@@ -19,6 +20,9 @@ EXIT_PARTIAL = 1
 """fcn-predict: some images could not be read (each named on stderr); fcn-data check: problems found."""
 EXIT_BAD_INPUT = 2
 """Bad config, arguments, data or checkpoint: one line on stderr names the file or key and the fix."""
+EXIT_LOST_PEER = 1
+"""fcn-train on several processes: this process stopped because another one ended (whose own error,
+printed by that process, comes first in the log); one line, no traceback."""
 EXIT_NONFINITE = 3
 """The training loss (or the weights) became NaN or infinite; nothing non-finite was saved."""
 EXIT_PREEMPTED = 75
@@ -31,6 +35,31 @@ def fail(prog: str, err: BaseException | str, code: int = EXIT_BAD_INPUT) -> int
     """Print ``<prog>: error: <message>`` as one line on stderr; returns ``code`` for ``sys.exit``."""
     print(f"{prog}: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
     return code
+
+
+PEER_LOST_MESSAGES = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+"""What gloo's collectives say when the other end of a connection is gone (a process of the run ended)."""
+
+
+def lost_peer(err: BaseException, num_processes: int) -> bool:
+    """Whether an error of a collective means that another process of the run ended.
+
+    That process prints its own one-line error (a data error in one rank's shard, say); the
+    others then fail in their next collective, and should end with one line too, not a traceback
+    that buries the cause. NCCL and the rendezvous store raise ``torch.distributed.DistError``;
+    gloo raises a ``RuntimeError`` naming the dropped connection.
+    """
+    if num_processes == 1 or not isinstance(err, RuntimeError):
+        return False
+    import torch.distributed
+
+    return isinstance(err, torch.distributed.DistError) or any(text in str(err) for text in PEER_LOST_MESSAGES)
+
+
+def peer_reason(err: BaseException) -> str:
+    """The first sentence of a collective's error, without gloo's source location: what ``fail`` shows."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(err).splitlines()[0] if str(err) else type(err).__name__)
+    return text.split(". ")[0]
 
 
 class StopFlag:

@@ -40,7 +40,8 @@ from fcn_dist.evaluate import evaluate, write_eval_files
 from fcn_dist.labels import class_names
 from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from fcn_dist.optim import build_optimizer, build_scheduler
-from fcn_dist.process import EXIT_NONFINITE, EXIT_PREEMPTED, StopFlag, fail, loader_worker_init
+from fcn_dist.process import (EXIT_LOST_PEER, EXIT_NONFINITE, EXIT_PREEMPTED, StopFlag, fail, loader_worker_init,
+                              lost_peer, peer_reason)
 from fcn_dist.tracking import MetricsLog, flat_config, val_scalars, wandb_init_kwargs, wandb_media
 
 
@@ -73,6 +74,13 @@ def run(cfg) -> int:
         return fail("fcn-train", err)
     except NonFiniteError as err:
         return fail("fcn-train", err, EXIT_NONFINITE)
+    except RuntimeError as err:
+        if not lost_peer(err, accelerator.num_processes):
+            raise
+        # The process that ended printed its own error first; a traceback here would bury it.
+        return fail("fcn-train", f"process {accelerator.process_index} of {accelerator.num_processes} stopped: "
+                                 f"another process ended; its error comes first in the log ({peer_reason(err)})",
+                    EXIT_LOST_PEER)
     finally:
         _end(accelerator, stop)
 
@@ -147,7 +155,7 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
 
     # a context, so the bar is closed before an error line is printed
     with tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
-              disable=not accelerator.is_main_process) as progress:
+              disable=not accelerator.is_main_process or not sys.stderr.isatty()) as progress:
         model.train()
         while state.step < total_steps:
             train_loader.set_epoch(state.epoch)
