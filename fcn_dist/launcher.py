@@ -1,6 +1,7 @@
-"""The Python side of the Slurm scripts (launch/slurm/): check a config, run ``accelerate launch``.
+"""The Python side of the Slurm scripts (launch/slurm/): check a config and its data, run ``accelerate launch``.
 
     python -m fcn_dist.launcher check-config CONFIG [section.key=value ...]
+    python -m fcn_dist.launcher check-data CONFIG [section.key=value ...]
     python -m fcn_dist.launcher accelerate [accelerate launch arguments ...]
 
 ``check-config``
@@ -8,6 +9,13 @@
     so a bad launch fails in the batch shell, before any srun. It imports no torch: it answers in
     well under a second on a login node or in a batch shell. Exit 0 if the config loads; exit 2
     with one line on stderr, the reason (``unknown config key 'optim.lrr'; ...``), if not.
+
+``check-data``
+    Loads the config the same way, then checks that its data is there without reading an image
+    (``fcn_dist.datafiles.check_data_root``: the data root's layout and the split files of
+    ``data.train_split`` and ``data.val_split``). No torch either. Exit 0, or exit 2 with the one
+    line fcn-train would print (``data root /x does not exist: ...``): on several nodes that line
+    would otherwise come seconds later, from every rank at once, among the survivors' errors.
 
 ``accelerate``
     ``accelerate launch`` with the same arguments (``--num_processes``, ``--machine_rank``,
@@ -26,8 +34,8 @@
     torch elastic has stopped the processes: exit 128+N, one line on stderr, no traceback. A
     SIGTERM that arrives before any process started ends the launcher at once with 143.
 
-Exit codes: 0 success; 2 bad config (``check-config``) or bad arguments; otherwise the code of
-the launched processes as above.
+Exit codes: 0 success; 2 bad config (``check-config``), bad data (``check-data``) or bad arguments;
+otherwise the code of the launched processes as above.
 """
 
 from __future__ import annotations
@@ -53,6 +61,21 @@ def check_config(config: str, overrides: Sequence[str]) -> int:
         load_config(config, list(overrides))
     except ConfigError as err:
         print(" ".join(str(err).splitlines()), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def check_data(config: str, overrides: Sequence[str]) -> int:
+    """Load ``config`` and check its data root and split files: 0 if there, 2 and one line on stderr if not."""
+    from fcn_dist.config import ConfigError, load_config
+    from fcn_dist.datafiles import check_data_root
+
+    try:
+        problem = check_data_root(load_config(config, list(overrides)).data)
+    except ConfigError as err:
+        problem = str(err)
+    if problem:
+        print(" ".join(problem.splitlines()), file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 
@@ -114,12 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     title, details = __doc__.split("\n\n", 1)
     parser = argparse.ArgumentParser(prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
                                      description=title, epilog=details)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{check-config,accelerate}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{check-config,check-data,accelerate}")
     check = commands.add_parser("check-config", help="load a config with overrides as fcn-train would: exit 0 or 2",
                                 description="Load CONFIG with the overrides as fcn-train would, without torch. "
                                             "Exit 0 if it loads, 2 with one line on stderr if not.")
     check.add_argument("config", help="YAML config file, e.g. configs/demo.yaml")
     check.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides, as for fcn-train")
+    data = commands.add_parser("check-data", help="check that a config's data root and split files exist: exit 0 or 2",
+                               description="Load CONFIG with the overrides as fcn-train would, then check that its "
+                                           "data root and the split files of data.train_split and data.val_split "
+                                           "exist, without torch or reading an image. Exit 0, or 2 with one line.")
+    data.add_argument("config", help="YAML config file, e.g. configs/demo.yaml")
+    data.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides, as for fcn-train")
     launch = commands.add_parser(
         "accelerate", add_help=False, help="accelerate launch ARGS, exiting with the first failed process's code",
         description="Run `accelerate launch ARGS` and exit with the exit code of the first failed process "
@@ -133,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["accelerate"]:  # everything after it is accelerate's, --help included
         return accelerate(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "check-data":
+        return check_data(args.config, args.overrides)
     return check_config(args.config, args.overrides)
 
 

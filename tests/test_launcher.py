@@ -1,4 +1,5 @@
-"""fcn_dist.launcher without Slurm: check-config's exit codes and imports, the accelerate wrapper's exit codes."""
+"""fcn_dist.launcher without Slurm: check-config's and check-data's exit codes and imports, the accelerate
+wrapper's exit codes."""
 
 from __future__ import annotations
 
@@ -69,10 +70,41 @@ def test_check_config_imports_no_torch():
     assert not [m for m in modules if m.split(".")[0] in ("torch", "accelerate")]
 
 
-def test_help_names_both_subcommands():
+def _check_data(*args: str, importtime: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run(_module("check-data", *args, python_flags=("-X", "importtime") if importtime else ()),
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_check_data_names_a_missing_data_root_in_one_line(tmp_path):
+    proc = _check_data(str(DEMO_CONFIG), "data.format=voc", f"data.root={tmp_path / 'none'}")
+    assert (proc.returncode, proc.stderr) == (2, (
+        f"data root {tmp_path / 'none'} does not exist: expected {tmp_path / 'none'}/VOCdevkit/VOC2012 or a VOC2012 "
+        "folder with JPEGImages/ and ImageSets/Segmentation/; set data.root to such a folder\n"))
+
+
+def test_check_data_names_a_missing_split_file_and_accepts_a_good_root(synthetic_voc):
+    proc = _check_data(str(DEMO_CONFIG), "data.format=voc", f"data.root={synthetic_voc}", "data.val_split=test")
+    split = synthetic_voc / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "test.txt"
+    assert proc.returncode == 2 and proc.stderr.startswith(f"split file {split} not found"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1
+    good = _check_data(str(DEMO_CONFIG), "data.format=voc", f"data.root={synthetic_voc}", importtime=True)
+    assert good.returncode == 0, good.stderr
+    modules = [line.rsplit("|", 1)[-1].strip() for line in good.stderr.splitlines() if line.startswith("import time:")]
+    assert "fcn_dist.datafiles" in modules and not [m for m in modules if m.split(".")[0] in ("torch", "numpy")]
+    # generated on first use: nothing to check before the job
+    assert _check_data(str(DEMO_CONFIG), f"data.root={synthetic_voc / 'not_yet'}").returncode == 0
+
+
+def test_check_data_reports_a_bad_config_too():
+    proc = _check_data(str(DEMO_CONFIG), "optim.lrr=0.1")
+    assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1 and "unknown config key 'optim.lrr'" in proc.stderr
+
+
+def test_help_names_every_subcommand():
     proc = subprocess.run(_module("--help"), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    assert "check-config" in proc.stdout and "accelerate" in proc.stdout and "75" in proc.stdout
+    assert "check-config" in proc.stdout and "check-data" in proc.stdout and "accelerate" in proc.stdout
+    assert "75" in proc.stdout
 
 
 @pytest.mark.parametrize("returncode, expected", [(0, 0), (2, 2), (75, 75), (-9, 137), (-15, 143)])

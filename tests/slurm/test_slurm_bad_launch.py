@@ -64,6 +64,32 @@ def test_override_with_a_wrong_type(slurm, tmp_path):
                          "train.sbatch: error: bad config: bad value for config key 'train.max_steps'")
 
 
+def test_missing_data_root(slurm, tmp_path):
+    """Checked in the batch shell: before, every rank of both nodes failed on it ~11 s in, among gloo tracebacks."""
+    missing = tmp_path / "no_data"
+    _expect_fast_failure(slurm, tmp_path, "train.sbatch",
+                         job_env(CONFIG=str(DEMO_CONFIG), OVERRIDES=f"data.format=voc data.root={missing}"),
+                         f"train.sbatch: error: bad data: data root {missing} does not exist: expected "
+                         f"{missing}/VOCdevkit/VOC2012 or a VOC2012 folder with JPEGImages/ and "
+                         "ImageSets/Segmentation/; set data.root to such a folder")
+
+
+def test_missing_split_file(slurm, tmp_path, synthetic_voc):
+    split = synthetic_voc / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "test.txt"
+    _expect_fast_failure(slurm, tmp_path, "train.sbatch",
+                         job_env(CONFIG=str(DEMO_CONFIG),
+                                 OVERRIDES=f"data.format=voc data.root={synthetic_voc} data.val_split=test"),
+                         f"train.sbatch: error: bad data: split file {split} not found; available splits: ")
+
+
+def test_eval_missing_data_root(slurm, tmp_path):
+    checkpoint = tmp_path / "model.safetensors"
+    checkpoint.write_bytes(b"exists; the data root is checked first by its path")
+    _expect_fast_failure(slurm, tmp_path, "eval.sbatch",
+                         job_env(CHECKPOINT=str(checkpoint), DATA_ROOT=str(tmp_path / "none")),
+                         f"eval.sbatch: error: data root not found: {tmp_path / 'none'}")
+
+
 def test_eval_missing_checkpoint(slurm, tmp_path):
     missing = tmp_path / "model.safetensors"
     _expect_fast_failure(slurm, tmp_path, "eval.sbatch", job_env(CHECKPOINT=str(missing), DATA_ROOT=str(tmp_path)),

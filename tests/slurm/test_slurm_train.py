@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
+from fcn_dist.data.synthetic import make_synthetic_voc
+
 from slurm_jobs import (DEMO_CONFIG, JobResult, demo_overrides, finish, job_env, run_job, submit, tail, train_steps,
                         wait_for_step)
 
@@ -119,10 +121,21 @@ def test_requeues_stop_at_the_cap(slurm, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_training_failure_is_not_requeued(slurm, tmp_path):
-    """A failure other than exit 75 (here: the data root does not exist) ends the job with that code."""
+def test_a_data_error_on_one_node_fails_the_job_with_its_line_first_and_is_not_requeued(slurm, tmp_path):
+    """A failure other than exit 75 ends the job with that code. Here a truncated JPEG in one rank's shard
+    (a missing data root no longer gets this far: the batch shell refuses it, test_slurm_bad_launch.py):
+    that rank's one line comes first, the other node's rank ends with one line after it, no traceback."""
+    make_synthetic_voc(tmp_path / "data", num_train=4, num_val=2, seed=3, max_side=96)
+    bad = tmp_path / "data" / "VOCdevkit" / "VOC2012" / "JPEGImages" / "train_00002.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # 2 nodes x batch 2: the first step reads all 4 images
     env = job_env(CONFIG=str(DEMO_CONFIG), OUTPUT_DIR=str(tmp_path / "runs"),
-                  OVERRIDES=f"data.format=voc data.root={tmp_path / 'missing'} data.num_workers=0")
+                  OVERRIDES=f"data.format=voc data.root={tmp_path / 'data'} data.crop_size=[64,64] "
+                            "data.batch_size=2 data.num_workers=2 train.max_steps=2 train.mixed_precision=no")
     result = run_job(slurm, "train.sbatch", tmp_path, env, ("--nodes=2",))
     assert (result.job.state, result.job.exit_code, result.job.restarts) == ("FAILED", 2, 0), tail(result)
     assert "training failed with exit code 2; not requeued" in result.output, tail(result)
+    errors = [line for line in result.output.splitlines() if line.startswith("fcn-train: error:")]
+    assert errors[0] == (f"fcn-train: error: {bad}: corrupt or truncated image (Truncated File Read); replace the "
+                         "file or remove its id from the split file"), tail(result)
+    assert len(errors) == 2 and "of 2 stopped: another process ended; its error comes first" in errors[1], tail(result)
+    assert "Traceback" not in result.output, tail(result)
