@@ -138,19 +138,33 @@ def share_text(share: float) -> str:
     return f"{100 * share:.1f}%" if share >= 0.0005 else "<0.1%"
 
 
-def _legend(shares: list[tuple[int, float]], classes: Sequence[str], font_size: int) -> Image.Image:
-    """The legend box: a swatch, the name and the pixel share per class (background's swatch is empty: untinted)."""
+def legend_font_size(height: int, width: int) -> int:
+    """The legend's font size for an image: a 30th of its short side, within 8-48 px."""
+    return min(48, max(8, min(height, width) // 30))
+
+
+def _legend(shares: list[tuple[int, float]], classes: Sequence[str], font_size: int,
+            max_height: int | None = None) -> Image.Image:
+    """The legend box: a swatch, the name and the pixel share per class (background's swatch is empty: untinted).
+
+    Rows that would make it taller than ``max_height`` become one last row, ``+N more (share)``.
+    """
     font = ImageFont.load_default(size=font_size)
     pad = max(2, font_size // 2)
-    lines = [f"{classes[k] if k < len(classes) else k} {share_text(share)}" for k, share in shares]
-    text_w = int(max(font.getlength(line) for line in lines))
-    box = Image.new("RGB", (3 * pad + font_size + text_w, pad + len(lines) * (font_size + pad)), (255, 255, 255))
+    rows = len(shares) if max_height is None else max(1, (max_height - pad) // (font_size + pad))
+    entries = [(k, f"{classes[k] if k < len(classes) else k} {share_text(share)}") for k, share in shares]
+    if len(entries) > rows:
+        rest = shares[rows - 1:]
+        entries = entries[:rows - 1] + [(None, f"+{len(rest)} more ({share_text(sum(v for _, v in rest))})")]
+    text_w = int(max(font.getlength(line) for _, line in entries))
+    box = Image.new("RGB", (3 * pad + font_size + text_w, pad + len(entries) * (font_size + pad)), (255, 255, 255))
     draw = ImageDraw.Draw(box)
     draw.rectangle((0, 0, box.width - 1, box.height - 1), outline=(0, 0, 0))
-    for row, ((k, _), line) in enumerate(zip(shares, lines)):
+    for row, (k, line) in enumerate(entries):
         top = pad + row * (font_size + pad)
-        swatch = (pad, top, pad + font_size - 1, top + font_size - 1)
-        draw.rectangle(swatch, fill=None if k == 0 else tuple(int(c) for c in COLOURS[k]), outline=(0, 0, 0))
+        if k is not None:
+            swatch = (pad, top, pad + font_size - 1, top + font_size - 1)
+            draw.rectangle(swatch, fill=None if k == 0 else tuple(int(c) for c in COLOURS[k]), outline=(0, 0, 0))
         draw.text((2 * pad + font_size, top + font_size // 2), line, fill=(0, 0, 0), font=font, anchor="lm")
     return box
 
@@ -161,8 +175,8 @@ def overlay(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[str],
 
     Background (class 0) pixels keep the image's values, except under the legend; every other
     class is blended with its VOC colour (weight ``alpha``) and outlined in that colour. The
-    legend lists the classes present with their pixel shares and sits in the corner where it
-    hides the fewest non-background pixels.
+    legend lists the classes present with their pixel shares (as many as fit the image's height,
+    then ``+N more``) and sits in the corner where it hides the fewest non-background pixels.
 
     Args:
         image: uint8 (3, H, W).
@@ -181,7 +195,7 @@ def overlay(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[str],
     h, w = ids.shape
     edges = class_edges(ids, max(1, min(h, w) // 200))
     out[edges] = colours[edges]
-    legend = _legend(class_shares(ids, len(classes)), classes, min(48, max(10, min(h, w) // 30)))
+    legend = _legend(class_shares(ids, len(classes)), classes, legend_font_size(h, w), max_height=h)
     lw, lh = min(legend.width, w), min(legend.height, h)
     corners = [(0, 0), (w - lw, 0), (0, h - lh), (w - lw, h - lh)]
     x, y = min(corners, key=lambda xy: np.count_nonzero(ids[xy[1]:xy[1] + lh, xy[0]:xy[0] + lw]))

@@ -167,3 +167,16 @@ def test_synth_never_writes_into_an_existing_set(synthetic_voc, tmp_path, capsys
     assert code == 1 and f"{voc} already exists" in err and "--out" in err
     assert _tree_digest(voc) == before
 
+
+
+def test_a_very_large_image_is_warned_about(synthetic_voc, tmp_path, capsys):
+    voc = copy_voc(synthetic_voc, tmp_path)
+    name = read_split(voc, "train")[0]
+    image_path = voc / "JPEGImages" / f"{name}.jpg"
+    Image.new("RGB", (4100, 4000), (90, 120, 150)).save(image_path, quality=50)  # 16.4 Mpx, solid: small file
+    Image.new("P", (4100, 4000), 0).save(voc / "SegmentationClass" / f"{name}.png")
+    code, out, _ = _run(["check", "--data-root", tmp_path, "--split", "train"], capsys)
+    assert code == 0, out
+    assert [line for line in out.splitlines() if line.startswith("warning: ")] == [
+        f"warning: {image_path}: 4100x4000 pixels (16.4 Mpx) is very large: every read decodes all of it, and "
+        "evaluation runs it whole; downscale it unless you need that resolution"]

@@ -16,7 +16,8 @@ from fcn_dist import evaluate, load_model
 from fcn_dist.labels import VOC_CLASSES, VOC_PALETTE
 from fcn_dist.inference import InferenceOptions, predict_image
 from fcn_dist.metrics import confusion_matrix
-from fcn_dist.predict import COLOURS, _batches, _legend, class_edges, collect_images, main, overlay, share_text
+from fcn_dist.predict import (COLOURS, _batches, _legend, class_edges, collect_images, legend_font_size, main,
+                               overlay, share_text)
 
 torch.set_num_threads(1)
 
@@ -243,11 +244,12 @@ def test_the_overlay_of_a_two_class_prediction_has_its_legend_and_leaves_backgro
     rgb = image.permute(1, 2, 0).numpy()
     assert out.shape == rgb.shape
     # the legend: person and background with their shares, pixel for pixel, in a corner
-    legend = np.asarray(_legend([(0, 1 - 3600 / 128 ** 2), (15, 3600 / 128 ** 2)], VOC_CLASSES, 10))
+    legend = np.asarray(_legend([(0, 1 - 3600 / 128 ** 2), (15, 3600 / 128 ** 2)], VOC_CLASSES,
+                                legend_font_size(128, 128)))
     lh, lw = legend.shape[:2]
     corners = {(y, x): out[y:y + lh, x:x + lw] for y in (0, 128 - lh) for x in (0, 128 - lw)}
     (y0, x0), = [corner for corner, pixels in corners.items() if np.array_equal(pixels, legend)]
-    assert (legend == COLOURS[15]).all(axis=-1).sum() >= 8 * 8  # the person swatch, in the person colour
+    assert (legend == COLOURS[15]).all(axis=-1).sum() >= 6 * 6  # the person swatch, in the person colour
     under_legend = np.zeros(pred.shape, dtype=bool)
     under_legend[y0:y0 + lh, x0:x0 + lw] = True
     background = (pred.numpy() == 0) & ~under_legend
@@ -274,3 +276,10 @@ def test_mask_format_rgb_writes_the_palette_colours_and_shares_are_printed(tmp_p
     order = sorted((k for k in range(21) if counts[k]), key=lambda k: (-counts[k], k))
     expected = ", ".join(f"{VOC_CLASSES[k]} {share_text(counts[k] / ids.size)}" for k in order)
     assert f"{image}: {expected}" in stdout.splitlines()
+
+
+def test_a_legend_taller_than_the_image_ends_with_a_more_row():
+    shares = [(k, 1 / 12) for k in range(12)]
+    assert _legend(shares, VOC_CLASSES, 10).height > 90
+    short = _legend(shares, VOC_CLASSES, 10, max_height=90)
+    assert short.height <= 90 and short.height == _legend(shares[:5], VOC_CLASSES, 10).height  # 4 classes + more
