@@ -53,7 +53,8 @@ class ModelInfo:
 
 
 def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: ModelConfig, classes: list[str],
-                 mean: list[float], std: list[float], step: int = 0, metrics: dict | None = None) -> Path:
+                 mean: list[float], std: list[float], step: int = 0, metrics: dict | None = None,
+                 trained_with: dict | None = None) -> Path:
     """Write ``model``'s weights as a self-describing safetensors file, atomically.
 
     Args:
@@ -61,6 +62,8 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: Mod
             ``_orig_mod.`` prefix reaches the file.
         path: destination ``.safetensors`` file.
         model_cfg, classes, mean, std, step, metrics: stored in the header metadata.
+        trained_with: how the weights were trained (``{"mixed_precision": "bf16"}``), stored as
+            ``fcn_dist.trained_with``.
 
     Returns:
         The path written.
@@ -76,6 +79,7 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: Mod
         META_PREFIX + "normalize": json.dumps({"mean": list(mean), "std": list(std)}),
         META_PREFIX + "step": str(int(step)),
         META_PREFIX + "metrics": json.dumps(metrics or {}),
+        META_PREFIX + "trained_with": json.dumps(trained_with or {}),
     }
     data = save(state, metadata=metadata)  # bytes: save_file would replace the file with a 0600 one
     try:
@@ -178,8 +182,9 @@ def model_info(meta: dict[str, str]) -> ModelInfo:
     ``model``: an object of exactly ``ModelConfig``'s fields with known ``arch``, ``backbone`` and
     ``upsample`` and an integer ``num_classes`` in 1..254; ``classes``: ``num_classes`` distinct
     strings; ``normalize``: ``mean`` and ``std``, 3 finite numbers each, ``std`` > 0; ``step``
-    (optional): a whole number >= 0; ``metrics`` (optional): an object. Other ``fcn_dist.*``
-    keys are ignored.
+    (optional): a whole number >= 0; ``metrics`` (optional): an object; ``trained_with``
+    (optional): an object whose ``mixed_precision``, if any, is no, fp16 or bf16. Other
+    ``fcn_dist.*`` keys are ignored.
 
     Raises:
         ValueError: naming the field and what is wrong with it.
@@ -224,6 +229,12 @@ def model_info(meta: dict[str, str]) -> ModelInfo:
     metrics = _json_field(meta, "metrics", "{}")
     if not isinstance(metrics, dict):
         raise ValueError(f"{META_PREFIX}metrics is a JSON {type(metrics).__name__}, not an object")
+    trained_with = _json_field(meta, "trained_with", "{}")
+    if not isinstance(trained_with, dict):
+        raise ValueError(f"{META_PREFIX}trained_with is a JSON {type(trained_with).__name__}, not an object")
+    if trained_with.get("mixed_precision", "no") not in ("no", "fp16", "bf16"):
+        raise ValueError(f"{META_PREFIX}trained_with mixed_precision={trained_with['mixed_precision']!r} is not one "
+                         "of no, fp16, bf16")
     return ModelInfo(model=ModelConfig(**{**model, "pretrained": "none"}), classes=classes, mean=norm["mean"],
                      std=norm["std"], step=int(step), metrics=metrics)
 
@@ -551,6 +562,21 @@ def train_state_json(state: TrainState, scheduler) -> dict[str, Any]:
 
 RUN_CONFIG = "config.yaml"
 RESUMES = "resumes.jsonl"
+
+
+def run_precision(run_dir: Path) -> str | None:
+    """The resolved ``train.mixed_precision`` of a run that has checkpoints (its config.yaml), else None."""
+    import yaml
+
+    path = Path(run_dir) / RUN_CONFIG
+    if not complete_checkpoints(run_dir) or not path.is_file():
+        return None
+    try:
+        value = (yaml.safe_load(path.read_text()) or {}).get("train", {}).get("mixed_precision")
+    except (yaml.YAMLError, AttributeError):
+        return None  # check_run_identity names the unreadable file
+    value = "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+    return value if value in ("no", "fp16", "bf16") else None
 
 
 def free_run_name(run_dir: Path) -> str:

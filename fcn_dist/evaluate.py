@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
@@ -43,7 +43,8 @@ from .files import atomic_write, atomic_write_text, has_image_mark, image_mark, 
 from .inference import infer_logits
 from .labels import class_names
 from .metrics import compute_scores, confusion_matrix
-from .process import loader_worker_init
+from .precision import PRECISIONS, PrecisionChoice, resolve_precision
+from .process import loader_worker_init, main_process_choice
 
 WANDB_EXAMPLES = 4
 """(image, prediction, label) examples that ``fcn-eval --wandb`` logs as ``val/examples``."""
@@ -380,11 +381,23 @@ def _run(args: argparse.Namespace, accelerator: Accelerator) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``fcn-eval`` (``fcn_dist.cli.eval_parser``); returns the exit code."""
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+    refused = run_guarded("fcn-eval", lambda: check_outputs(args) or 0)  # before anything runs
+    if refused:
+        return refused
+    processes = PartialState(cpu=not torch.cuda.is_available())
+    choice = PrecisionChoice(args.mixed_precision, "set explicitly")
+    if args.mixed_precision == "auto":  # measured once, by the main process (forward only)
+        if processes.is_main_process:
+            choice = resolve_precision("auto", processes.device.type, training=False)
+        chosen = main_process_choice(processes, choice.precision, PRECISIONS)
+        choice = choice if chosen == choice.precision else PrecisionChoice(chosen, "auto: the main process's choice")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=choice.precision,
                               dataloader_config=DataLoaderConfiguration(even_batches=False),
                               log_with="wandb" if args.wandb else None)
+    if args.mixed_precision == "auto":  # say what auto chose (stdout: stderr is for errors only)
+        accelerator.print(f"mixed precision: {choice.precision} ({choice.reason})")
     try:
-        return run_guarded("fcn-eval", lambda: check_outputs(args) or _run(args, accelerator) or 0, EVAL_TERMS)
+        return run_guarded("fcn-eval", lambda: _run(args, accelerator) or 0, EVAL_TERMS)
     finally:
         accelerator.end_training()  # finishes W&B and destroys the process group (gloo aborts otherwise)
 

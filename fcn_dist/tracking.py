@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from fcn_dist.config import Config, flat_dict
 from fcn_dist.files import atomic_write_text
+from fcn_dist.labels import IGNORE_INDEX
 
 
 def wandb_mode() -> str:
@@ -78,9 +79,7 @@ def val_scalars(metrics: dict[str, Any], classes: list[str]) -> dict[str, float]
     """W&B/JSONL validation scalars: ``val/mIoU``, ``val/pixel_accuracy``, ``val/IoU/<class>``."""
     row = {"val/mIoU": metrics["mIoU"], "val/pixel_accuracy": metrics["pixel_accuracy"],
            "val/mean_accuracy": metrics["mean_accuracy"], "val/fwIoU": metrics["fwIoU"]}
-    per_class = metrics["per_class_IoU"]
-    values = per_class.values() if isinstance(per_class, dict) else per_class
-    for name, iou in zip(classes, values):
+    for name, iou in zip(classes, metrics["per_class_IoU"].values()):
         if iou is not None:
             row[f"val/IoU/{name}"] = iou
     return row
@@ -91,14 +90,14 @@ def wandb_media(examples: list, confusion: torch.Tensor, classes: list[str]) -> 
     import wandb
 
     labels = {i: name for i, name in enumerate(classes)}
-    labels[255] = "void"
+    labels[IGNORE_INDEX] = "void"
     images = []
     if examples:  # W&B shows a list of images at one size: pad to the largest (image 0, masks void)
         height = max(image.shape[1] for image, _, _ in examples)
         width = max(image.shape[2] for image, _, _ in examples)
     for image, pred, label in examples:
         pad = (0, width - image.shape[2], 0, height - image.shape[1])
-        masks = {name: {"mask_data": F.pad(mask, pad, value=255).cpu().numpy(), "class_labels": labels}
+        masks = {name: {"mask_data": F.pad(mask, pad, value=IGNORE_INDEX).cpu().numpy(), "class_labels": labels}
                  for name, mask in (("prediction", pred), ("label", label))}
         images.append(wandb.Image(F.pad(image, pad).permute(1, 2, 0).cpu().numpy(), masks=masks))
     table = wandb.Table(columns=["true \\ predicted", *classes],

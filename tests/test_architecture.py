@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fcn_dist"
 
 PROCESS_MODULES = {"signal", "atexit", "multiprocessing", "torch.distributed", "accelerate", "wandb"}
 PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "data/check", "metrics",
-         "optim", "engine", "inference", "labels", "files", "datafiles"]
+         "optim", "precision", "engine", "inference", "labels", "files", "datafiles"]
 NO_DATA = ["metrics", "optim", "inference", "model", "labels"]
 NO_TORCH = ["config", "labels", "files", "process", "cli", "datafiles"]
 

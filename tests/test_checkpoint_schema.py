@@ -65,6 +65,8 @@ def _case(name, good):
         return _with(meta, model=_model(meta, num_classes="21")), "fcn_dist.model num_classes='21' is not a whole"
     if name == "3 names for 21 classes":
         return _with(meta, classes=["a", "b", "c"]), "fcn_dist.classes has 3 names but fcn_dist.model num_classes is 21"
+    if name == "trained_with a list":
+        return _with(meta, trained_with=["bf16"]), "fcn_dist.trained_with is a JSON list, not an object"
     if name == "unknown arch":
         return _with(meta, model=_model(meta, arch="fcn4s")), "fcn_dist.model arch='fcn4s' is not one of"
     if name == "all-NaN weights":
@@ -82,7 +84,8 @@ def _case(name, good):
 
 CASES = ["header is a list", "entry is not a dict", "entry without data_offsets", "normalize as strings",
          "normalize of length 1", "std zero", "classes a string", "num_classes a string", "3 names for 21 classes",
-         "unknown arch", "all-NaN weights", "wrong tensor shape", "missing tensor", "extra tensor"]
+         "trained_with a list", "unknown arch", "all-NaN weights", "wrong tensor shape", "missing tensor",
+         "extra tensor"]
 
 
 @pytest.mark.parametrize("name", CASES)
