@@ -162,9 +162,14 @@ def eval_parser() -> argparse.ArgumentParser:
                         help="autocast precision (default: %(default)s)")
     parser.add_argument("--output", type=Path, help="metrics JSON to write; the confusion-matrix PNG goes beside it "
                         "as <stem>_confusion.png")
-    parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (offline without an "
-                        "API key; WANDB_MODE overrides)")
-    parser.add_argument("--wandb-project", default="fcn_dist", help="W&B project (default: %(default)s)")
+    parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (job_type eval) linked "
+                        "to the training run; wandb's own settings pick online or offline, offline without "
+                        "credentials")
+    parser.add_argument("--wandb-project", default=None, help="W&B project (default: the training run's, else "
+                        "fcn_dist)")
+    parser.add_argument("--wandb-images", type=int, default=1500, metavar="N",
+                        help="rows of the W&B per-image table (image with prediction and label masks, its mIoU "
+                             "and pixel accuracy); 0 = none (default: %(default)s, all of VOC val's 1,449)")
     add_inference_args(parser)
     return parser
 
@@ -173,8 +178,8 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     """``fcn-eval``; returns the exit code."""
     parser = eval_parser()
     args = _parse_inference(parser, argv)
-    if args.batch_size < 1 or args.num_workers < 0:
-        parser.error("--batch-size must be >= 1 and --num-workers >= 0")
+    if args.batch_size < 1 or args.num_workers < 0 or args.wandb_images < 0:
+        parser.error("--batch-size must be >= 1, --num-workers and --wandb-images >= 0")
     from .evaluate import run
 
     return run(args)

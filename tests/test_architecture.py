@@ -3,7 +3,8 @@
 - Model, data, transforms, metrics, losses and the training step are plain PyTorch: they import
   nothing about processes, signals, distributed runs or tracking.
 - Metrics, optim, inference and the model never import ``fcn_dist.data``.
-- ``fcn_dist.config`` and ``fcn_dist.labels`` import no torch (launch scripts and ``--help`` use them).
+- ``fcn_dist.config``, ``labels`` and ``tracking`` import no torch at module level (launch scripts and
+  ``--help`` use them).
 - ``fcn-*`` ``--help`` and config errors return without importing torch (checked by running them).
 """
 
@@ -20,7 +21,7 @@ PROCESS_MODULES = {"signal", "atexit", "multiprocessing", "torch.distributed", "
 PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "metrics", "optim",
          "engine", "inference", "labels", "files"]
 NO_DATA = ["metrics", "optim", "inference", "model", "labels"]
-NO_TORCH = ["config", "labels", "files", "process", "cli"]
+NO_TORCH = ["config", "labels", "files", "process", "cli", "tracking"]
 
 
 def _module_file(name: str) -> Path:
