@@ -379,3 +379,22 @@ def test_console_reports_each_evaluation_and_a_summary_without_cursor_escapes(th
     assert summary[1:] == [f"  {root / 'eval5' / 'model_best.safetensors'}",
                            f"  {root / 'eval5' / 'model_last.safetensors'}", "  W&B: off (log.wandb=false)"]
 
+
+def test_fcn_compare_on_two_real_runs(throughput_runs, tmp_path):
+    from PIL import Image
+
+    root, _ = throughput_runs
+    png = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, "-m", "fcn_dist.compare", str(root / "eval5"), str(root / "noeval"),
+                           "--plot", str(png), "--output", str(tmp_path / "t.md")], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split("  ")[0]: line.split() for line in proc.stdout.splitlines()}
+    assert lines["optim.lr"][-2:] == ["0.02", "0.05"]
+    for k, name in ((-2, "eval5"), (-1, "noeval")):
+        rows = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+        assert lines["best val mIoU"][k] == f"{max(r['val/mIoU'] for r in rows if 'val/mIoU' in r):.4f}"
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] >= 800
