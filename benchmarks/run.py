@@ -353,7 +353,8 @@ def _flops_per_image(spec: dict) -> dict:
             model(x)
     with FlopCounterMode(display=False) as train:
         model(x).sum().backward()
-    return {"forward_gflop": fwd.get_total_flops() / 1e9, "train_gflop": train.get_total_flops() / 1e9}
+    return {"forward_gflop": fwd.get_total_flops() / 1e9, "train_gflop": train.get_total_flops() / 1e9,
+            "crop_pixels": spec["crop"][0] * spec["crop"][1]}
 
 
 def _precision(precision: str) -> str:
@@ -519,7 +520,97 @@ def child_eval(spec: dict) -> dict:
     return {"precision": precision, **out}
 
 
-CHILDREN = {"baseline": child_baseline, "data": child_data, "train_model": child_train_model,
+CEILING_SHAPES = {"full": {"gemm": 4096, "conv": (8, 256, 40, 60)}, "quick": {"gemm": 256, "conv": (1, 32, 10, 15)}}
+"""The ceiling's kernels: a square GEMM, and a 3x3 conv at the trunk's dominant width (layer3 of a
+320x480 crop, batch 8), as the issue that asked for it measured them."""
+
+
+def child_ceiling(spec: dict) -> dict:
+    """This machine's own limits: GFLOP/s of fp32, bf16 and fp16 GEMM and of a 3x3 conv in fp32
+    and bf16, contiguous and channels_last; best of ``rounds`` timed calls after one warm-up."""
+    import torch
+    import torch.nn.functional as F
+
+    device = _device()
+    shapes = CEILING_SHAPES[spec["shapes"]]
+    n = shapes["gemm"]
+    b, c, h, w = shapes["conv"]
+    cases = {}
+
+    def best(fn) -> float:
+        fn()
+        _sync(device)
+        times = []
+        for _ in range(spec["rounds"]):
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    for dtype in ("fp32", "bf16", "fp16"):
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+        a = torch.randn(n, n, device=device).to(torch_dtype)
+        bmat = torch.randn(n, n, device=device).to(torch_dtype)
+        try:
+            seconds = best(lambda: torch.mm(a, bmat))
+            cases[f"gemm {n}x{n} {dtype}"] = {"kind": "gemm", "dtype": dtype, "gflop_per_s": 2 * n ** 3 / seconds / 1e9}
+        except RuntimeError as err:  # a dtype this build has no kernel for
+            cases[f"gemm {n}x{n} {dtype}"] = {"kind": "gemm", "dtype": dtype, "error": str(err).splitlines()[0]}
+    flop = 2 * b * c * c * 9 * h * w
+    for dtype in ("fp32", "bf16"):
+        for layout in ("contiguous", "channels_last"):
+            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+            x = torch.randn(b, c, h, w, device=device).contiguous(memory_format=fmt)
+            weight = torch.randn(c, c, 3, 3, device=device).contiguous(memory_format=fmt)
+            if dtype == "bf16":
+                x, weight = x.bfloat16(), weight.bfloat16()
+            seconds = best(lambda: F.conv2d(x, weight, padding=1))
+            cases[f"conv3x3 {c}ch {h}x{w} b{b} {dtype} {layout}"] = {
+                "kind": "conv", "dtype": dtype, "layout": layout, "gflop_per_s": flop / seconds / 1e9}
+    ceiling = {}
+    for case in cases.values():
+        if "gflop_per_s" in case:
+            ceiling[case["dtype"]] = max(ceiling.get(case["dtype"], 0.0), case["gflop_per_s"])
+    from fcn_dist.precision import resolve_precision
+
+    auto = {kind: dataclasses.asdict(resolve_precision("auto", device.type, training=kind == "training"))
+            for kind in ("training", "inference")}
+    return {"cases": cases, "ceiling_gflop_per_s": ceiling, "threads": torch.get_num_threads(),
+            "flops_per_image": _flops_per_image(spec), "auto_precision": auto}
+
+
+def run_ceiling(sizes: Sizes, args) -> dict:
+    _log("ceiling: GEMM and conv GFLOP/s per dtype")
+    spec = {"shapes": "quick" if args.quick else "full", "rounds": 2 if args.quick else 6, "crop": list(sizes.crop),
+            "arch": args.arch, "backbone": args.backbone}
+    return run_child("ceiling", spec, sizes.child_timeout_s, args.threads)
+
+
+def ceiling_fractions(results: dict) -> None:
+    """Add ``fraction_of_ceiling`` to every training and eval case: its TFLOP/s over the best
+    GEMM or conv of its dtype measured in this run."""
+    ceiling = results.get("ceiling", {}).get("ceiling_gflop_per_s", {})
+    if not ceiling:
+        return
+    train = results.get("train", {})
+    for row in train.get("model_only", []) + train.get("end_to_end", []):
+        dtype = "bf16" if row.get("precision") == "bf16" else "fp32"
+        if _ok(row) and row.get("tflop_per_s") and dtype in ceiling:
+            row["fraction_of_ceiling"] = row["tflop_per_s"] * 1e3 / ceiling[dtype]
+    flops = results["ceiling"].get("flops_per_image")
+    for case in results.get("eval", {}).get("cases", []):
+        dtype = "bf16" if case.get("precision") == "bf16" else "fp32"
+        if "error" in case or not flops or dtype not in ceiling:
+            continue
+        gflop_per_mpx = flops["forward_gflop"] / (flops["crop_pixels"] / 1e6)
+        for name in EVAL_PIPELINES:
+            r = case[name]
+            r["tflop_per_s"] = r["megapixels_per_s"] * gflop_per_mpx / 1e3
+            r["fraction_of_ceiling"] = r["tflop_per_s"] * 1e3 / ceiling[dtype]
+
+
+CHILDREN = {"ceiling": child_ceiling, "baseline": child_baseline, "data": child_data, "train_model": child_train_model,
             "train_e2e": child_train_e2e, "eval": child_eval}
 
 
@@ -795,31 +886,43 @@ def render_markdown(results: dict) -> str:
                              f"windows (`finish_windows`) costs {_fmt(c['finish_ms_per_image_here'], 3)} ms per image "
                              "when the device is this CPU.")
         lines.append("")
+    if "ceiling" in results and "cases" in results["ceiling"]:
+        lines += ["## This machine's ceiling", "", "| kernel | GFLOP/s |", "|---|---|"]
+        for name, case in results["ceiling"]["cases"].items():
+            lines.append(f"| {name} | {_fmt(case.get('gflop_per_s'), 0) if 'gflop_per_s' in case else case['error']} |")
+        best = ", ".join(f"{k} {v:.0f}" for k, v in results["ceiling"]["ceiling_gflop_per_s"].items())
+        lines += ["", f"Ceiling per dtype (the best of its kernels), GFLOP/s: {best}. Training and eval cases "
+                  "below report their TFLOP/s as a fraction of their dtype's ceiling.", ""]
+        for kind, choice in results["ceiling"].get("auto_precision", {}).items():
+            lines.append(f"- `mixed_precision=auto` for {kind} here: {choice['precision']} ({choice['reason']}).")
+        lines.append("")
     if "train" in results:
         train = results["train"]
         for label, key in (("model only", "model_only"), ("end to end", "end_to_end")):
-            lines += [f"## Training step, {label}", "", "| variant | images/s | step s | first step s | TFLOP/s | note |",
-                      "|---|---|---|---|---|---|"]
+            lines += [f"## Training step, {label}", "",
+                      "| variant | images/s | step s | first step s | TFLOP/s | of ceiling | note |",
+                      "|---|---|---|---|---|---|---|"]
             for r in train[key]:
                 if "error" in r:
-                    lines.append(f"| {r['name']} | | | | | error: {r['error'][:160]} |")
+                    lines.append(f"| {r['name']} | | | | | | error: {r['error'][:160]} |")
                 elif r["status"] == "skipped":
-                    lines.append(f"| {r['name']} | | | | | skipped: {r['reason'][:160]} |")
+                    lines.append(f"| {r['name']} | | | | | | skipped: {r['reason'][:160]} |")
                 else:
                     lines.append(f"| {r['name']} | {_fmt(r['images_per_s'])} | {_fmt(r['step_s'], 3)} | "
-                                 f"{_fmt(r.get('first_step_s'), 1)} | {_fmt(r.get('tflop_per_s'), 3)} | |")
+                                 f"{_fmt(r.get('first_step_s'), 1)} | {_fmt(r.get('tflop_per_s'), 3)} | "
+                                 f"{_fmt(r.get('fraction_of_ceiling'), 2)} | |")
             lines.append("")
     if "eval" in results:
-        lines += ["## Evaluation", "", "| precision | pipeline | images | images/s | megapixels/s |",
-                  "|---|---|---|---|---|"]
+        lines += ["## Evaluation", "", "| precision | pipeline | images | images/s | megapixels/s | of ceiling |",
+                  "|---|---|---|---|---|---|"]
         for c in results["eval"]["cases"]:
             if "error" in c:
-                lines.append(f"| {_precision(c['precision'])} | error: {c['error'][:160]} | | | |")
+                lines.append(f"| {_precision(c['precision'])} | error: {c['error'][:160]} | | | | |")
                 continue
             for name in EVAL_PIPELINES:
                 r = c[name]
                 lines.append(f"| {_precision(c['precision'])} | {name} | {r['images']} | {_fmt(r['images_per_s'])} | "
-                             f"{_fmt(r['megapixels_per_s'])} |")
+                             f"{_fmt(r['megapixels_per_s'])} | {_fmt(r.get('fraction_of_ceiling'), 2)} |")
         lines.append("")
     lines += ["## Ratios", "", "| pair | ratio |", "|---|---|"]
     for section in ("data", "train", "eval"):
@@ -843,8 +946,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, no torch.compile: a smoke test")
-    parser.add_argument("--only", choices=("data", "train", "eval"), action="append",
-                        help="run only this section (repeatable); default all")
+    parser.add_argument("--only", choices=("data", "train", "eval", "ceiling"), action="append",
+                        help="run only this section (repeatable); default all. The ceiling (GEMM and conv GFLOP/s "
+                             "per dtype) runs whenever train or eval does")
     parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="folder of the JSON and markdown results")
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="keep the synthetic data here and reuse it next time (default: a temporary folder)")
@@ -880,6 +984,8 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     try:
         sets = prepare_data(work, sizes, set(sections))
+        if "ceiling" in sections or "train" in sections or "eval" in sections:
+            results["ceiling"] = run_ceiling(sizes, args)  # in the same run as the cases it bounds
         if "data" in sections:
             results["data"] = run_data(sizes, sets, args)
         if "train" in sections:
@@ -889,6 +995,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.data_dir is None:
             shutil.rmtree(work, ignore_errors=True)
+    ceiling_fractions(results)
     results["elapsed_s"] = (datetime.datetime.now() - started).total_seconds()
     results["errors"] = _errors(results)
     stem = f"{info['machine']}-{results['date']}" + ("-quick" if args.quick else "")

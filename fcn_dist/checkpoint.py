@@ -52,7 +52,7 @@ class ModelInfo:
 
 def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: ModelConfig, classes: list[str],
                  mean: list[float], std: list[float], step: int = 0, metrics: dict | None = None,
-                 provenance: dict[str, str] | None = None) -> Path:
+                 trained_with: dict | None = None, provenance: dict[str, str] | None = None) -> Path:
     """Write ``model``'s weights as a self-describing safetensors file, atomically.
 
     Args:
@@ -60,6 +60,8 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: Mod
             ``_orig_mod.`` prefix reaches the file.
         path: destination ``.safetensors`` file.
         model_cfg, classes, mean, std, step, metrics: stored in the header metadata.
+        trained_with: how the weights were trained (``{"mixed_precision": "bf16"}``), stored as
+            ``fcn_dist.trained_with``.
         provenance: more header entries (``fcn_dist.`` is prefixed), strings: training writes
             ``config_fingerprint`` and ``wandb`` (docs/DESIGN.md, "Self-describing safetensors").
 
@@ -77,6 +79,7 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: Mod
         META_PREFIX + "normalize": json.dumps({"mean": list(mean), "std": list(std)}),
         META_PREFIX + "step": str(int(step)),
         META_PREFIX + "metrics": json.dumps(metrics or {}),
+        META_PREFIX + "trained_with": json.dumps(trained_with or {}),
         **{META_PREFIX + key: value for key, value in (provenance or {}).items()},
     }
     data = save(state, metadata=metadata)  # bytes: save_file would replace the file with a 0600 one
@@ -412,6 +415,21 @@ def train_state_json(state: TrainState, scheduler) -> dict[str, Any]:
 
 RUN_CONFIG = "config.yaml"
 RESUMES = "resumes.jsonl"
+
+
+def run_precision(run_dir: Path) -> str | None:
+    """The resolved ``train.mixed_precision`` of a run that has checkpoints (its config.yaml), else None."""
+    import yaml
+
+    path = Path(run_dir) / RUN_CONFIG
+    if not complete_checkpoints(run_dir) or not path.is_file():
+        return None
+    try:
+        value = (yaml.safe_load(path.read_text()) or {}).get("train", {}).get("mixed_precision")
+    except (yaml.YAMLError, AttributeError):
+        return None  # check_run_identity names the unreadable file
+    value = "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+    return value if value in ("no", "fp16", "bf16") else None
 
 
 def free_run_name(run_dir: Path) -> str:

@@ -158,8 +158,9 @@ def eval_parser() -> argparse.ArgumentParser:
                         "size in a batch share a forward pass (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process "
                         "(default: %(default)s)")
-    parser.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default="no",
-                        help="autocast precision (default: %(default)s)")
+    parser.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default="auto",
+                        help="autocast precision; auto: bf16 on a GPU that supports it, on CPU bf16 only where a "
+                             "short probe measures it faster than fp32 (default: %(default)s)")
     parser.add_argument("--output", type=Path, help="metrics JSON to write; the confusion-matrix PNG goes beside it "
                         "as <stem>_confusion.png")
     parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (job_type eval) linked "

@@ -223,8 +223,8 @@ class TrainConfig:
     """Stop after this many optimizer steps, even mid-epoch; 0 means epochs decide."""
     grad_accum: int = 1
     """Micro-batches per optimizer step. Global batch = processes x data.batch_size x grad_accum; the per-process batch is what the config fixes."""
-    mixed_precision: str = "no"
-    """Autocast precision: no, fp16 (with GradScaler) or bf16. The loss is always computed in fp32."""
+    mixed_precision: str = "auto"
+    """Autocast precision: auto (CUDA: bf16, or fp16 without bf16 support; CPU: bf16 only where a short probe measures it faster than fp32, else no; a resumed run keeps its own), no, fp16 (with GradScaler) or bf16. The loss is always computed in fp32. The resolved value is what config.yaml records."""
     channels_last: bool = True
     """Run the network in channels_last memory format (faster on CPU and on tensor-core GPUs)."""
     compile: bool = False
@@ -253,7 +253,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.mixed_precision in ("False", "false"):  # YAML 1.1 reads a bare `no` as a boolean
             object.__setattr__(self, "mixed_precision", "no")
-        _check_choice("train", "mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        _check_choice("train", "mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
         _check_choice("train", "eval_mode", self.eval_mode, INFERENCE_MODES)
         _check_positive("train", "epochs", self.epochs)
         _check_positive("train", "grad_accum", self.grad_accum)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
@@ -45,7 +45,8 @@ from .files import atomic_write, atomic_write_text
 from .inference import infer_logits
 from .labels import class_names
 from .metrics import compute_scores, confusion_matrix
-from .process import loader_worker_init
+from .precision import PRECISIONS, PrecisionChoice, resolve_precision
+from .process import loader_worker_init, main_process_choice
 from .tracking import progress_options
 
 
@@ -305,7 +306,7 @@ def _build_loader(args: argparse.Namespace, classes: list[str]):
                                        **loader_kwargs(data_cfg, loader_worker_init()))
 
 
-def _wandb_config(args: argparse.Namespace, info, meta: dict, source: dict, processes: int) -> dict:
+def _wandb_config(args: argparse.Namespace, info, meta: dict, source: dict, accelerator: Accelerator) -> dict:
     """fcn-eval's W&B config: the checkpoint's metadata (its metrics without the matrix) and the eval options."""
     metrics = {k: v for k, v in info.metrics.items() if k != "confusion_matrix"}
     return {"checkpoint": str(args.checkpoint), "checkpoint/step": info.step,
@@ -313,11 +314,12 @@ def _wandb_config(args: argparse.Namespace, info, meta: dict, source: dict, proc
             "checkpoint/metrics": metrics, "checkpoint/config_fingerprint": meta.get(META_PREFIX + "config_fingerprint"),
             "train/run": source.get("run"), "train/group": source.get("group"), "train/artifact": source.get("artifact"),
             "split": args.split, "data_root": str(args.data_root), "data_format": args.data_format,
-            "batch_size": args.batch_size, "mixed_precision": args.mixed_precision, "processes": processes,
+            "batch_size": args.batch_size, "mixed_precision": accelerator.mixed_precision,
+            "processes": accelerator.num_processes,
             **dataclasses.asdict(args.options)}
 
 
-def _log_wandb(args: argparse.Namespace, result: EvalResult, info, processes: int, seconds: float):
+def _log_wandb(args: argparse.Namespace, result: EvalResult, info, accelerator: Accelerator, seconds: float):
     """The eval run: linked to the training run, everything at one step (the checkpoint's ``train/step``)."""
     import wandb
 
@@ -334,7 +336,7 @@ def _log_wandb(args: argparse.Namespace, result: EvalResult, info, processes: in
         kwargs["entity"] = train_path[0]
     if source.get("group"):
         kwargs["group"] = source["group"]
-    run = start_wandb(kwargs, _wandb_config(args, info, meta, source, processes), "fcn-eval")
+    run = start_wandb(kwargs, _wandb_config(args, info, meta, source, accelerator), "fcn-eval")
     if source.get("artifact") and run.settings.mode not in ("offline", "dryrun"):  # wandb refuses it offline
         try:
             run.use_artifact(source["artifact"], type="model")
@@ -367,15 +369,23 @@ def _run(args: argparse.Namespace, accelerator: Accelerator) -> None:
             json_path, png_path = write_eval_files(metrics, args.output)
             print(f"wrote {json_path} and {png_path}")
         if args.wandb:
-            print(_log_wandb(args, result, info, accelerator.num_processes, seconds))
+            print(_log_wandb(args, result, info, accelerator, seconds))
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed ``fcn-eval`` (``fcn_dist.cli.eval_parser``); returns the exit code."""
     from .tracking import finish_wandb
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision,
+    processes = PartialState(cpu=not torch.cuda.is_available())
+    choice = PrecisionChoice(args.mixed_precision, "set explicitly")
+    if args.mixed_precision == "auto":  # measured once, by the main process (forward only)
+        if processes.is_main_process:
+            choice = resolve_precision("auto", processes.device.type, training=False)
+        chosen = main_process_choice(processes, choice.precision, PRECISIONS)
+        choice = choice if chosen == choice.precision else PrecisionChoice(chosen, "auto: the main process's choice")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=choice.precision,
                               dataloader_config=DataLoaderConfiguration(even_batches=False))
+    accelerator.print(f"mixed precision: {choice.precision} ({choice.reason})", file=sys.stderr)
     try:
         return run_guarded("fcn-eval", lambda: _run(args, accelerator) or 0)
     finally:

@@ -119,3 +119,18 @@ def loader_worker_init():
         atexit.register(_end_stray_workers)
         _exit_hook_registered = True
     return ignore_stop_signals
+
+
+def main_process_choice(processes, value: str, options: tuple[str, ...]) -> str:
+    """The main process's ``value`` (one of ``options``) on every process: one broadcast of its index.
+
+    For decisions that every process must share but only the main process makes (``auto``
+    precision: a timing probe could come out differently per process). Nothing is pickled.
+    """
+    if processes.num_processes == 1:
+        return value
+    import torch
+    from accelerate.utils import broadcast
+
+    index = torch.tensor(options.index(value) if processes.is_main_process else 0, device=processes.device)
+    return options[int(broadcast(index))]

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from fcn_dist.config import Config, flat_dict
 from fcn_dist.files import atomic_write_text
+from fcn_dist.labels import IGNORE_INDEX
 
 STEP_KEY = "train/step"
 """The x-axis of every W&B key: the optimizer step (fcn-eval: the checkpoint's step)."""
@@ -264,9 +265,7 @@ class MetricsLog:
 def val_scalars(metrics: dict[str, Any], classes: Sequence[str], prefix: str = "val") -> dict[str, float]:
     """``<prefix>/mIoU``, ``/pixel_accuracy``, ``/mean_accuracy``, ``/fwIoU`` and ``/IoU/<class>`` (defined ones)."""
     row = {f"{prefix}/{name}": metrics[name] for name in VAL_SCORES}
-    per_class = metrics["per_class_IoU"]
-    values = per_class.values() if isinstance(per_class, dict) else per_class
-    for name, iou in zip(classes, values):
+    for name, iou in zip(classes, metrics["per_class_IoU"].values()):
         if iou is not None:
             row[f"{prefix}/IoU/{name}"] = iou
     return row
@@ -303,8 +302,6 @@ def eval_tables(confusion, classes: Sequence[str], prefix: str) -> dict[str, Any
 
 
 def _class_labels(classes: Sequence[str]) -> dict[int, str]:
-    from fcn_dist.labels import IGNORE_INDEX
-
     return {**dict(enumerate(classes)), IGNORE_INDEX: "void"}
 
 
@@ -312,8 +309,6 @@ def example_images(examples: list, classes: Sequence[str]) -> list:
     """``wandb.Image`` per (image, prediction, label) example, padded to one size (W&B shows a list at one size)."""
     import torch.nn.functional as F
     import wandb
-
-    from fcn_dist.labels import IGNORE_INDEX
 
     labels = _class_labels(classes)
     if not examples:

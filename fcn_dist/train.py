@@ -25,13 +25,13 @@ import time
 from datetime import timedelta
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from fcn_dist.checkpoint import (RUN_CONFIG, CheckpointError, TrainState, check_run_identity, complete_checkpoints,
                                  export_model, find_resume_checkpoint, free_run_name, load_checkpoint, plan_resume,
-                                 record_resume, save_checkpoint, train_state_json)
+                                 record_resume, run_precision, save_checkpoint, train_state_json)
 from fcn_dist.cli import bad_input_errors, train_main
 from fcn_dist.config import ConfigError, config_fingerprint, save_config
 from fcn_dist.data import build_dataloaders
@@ -41,7 +41,8 @@ from fcn_dist.evaluate import evaluate, write_eval_files
 from fcn_dist.labels import class_names
 from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from fcn_dist.optim import build_optimizer, build_scheduler
-from fcn_dist.process import EXIT_NONFINITE, EXIT_PREEMPTED, StopFlag, fail, loader_worker_init
+from fcn_dist.precision import PRECISIONS, PrecisionChoice, resolve_precision
+from fcn_dist.process import EXIT_NONFINITE, EXIT_PREEMPTED, StopFlag, fail, loader_worker_init, main_process_choice
 from fcn_dist.tracking import (BEST_KEY, STEP_KEY, MetricsLog, console, eval_line, eval_tables, example_images, finish_wandb,
                                flat_config, log_model_artifact, model_source, progress_options, run_facts,
                                run_location, start_wandb, summary_lines, val_scalars, wandb_init_kwargs)
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(cfg) -> int:
     """Train the run of a validated Config; returns the exit code."""
+    # The process group first, so that every process can take the main process's precision choice.
+    processes = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=cfg.train.dist_timeout_s))
+    cfg, choice = _choose_precision(cfg, processes)
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.train.mixed_precision,
@@ -68,6 +72,7 @@ def run(cfg) -> int:
     # newline inside, one write: print writes `end` apart, and unbuffered ranks' lines then interleave
     print(f"fcn_dist process rank={accelerator.process_index} world_size={accelerator.num_processes} "
           f"local_rank={accelerator.local_process_index} host={socket.gethostname()}\n", end="", flush=True)
+    accelerator.print(f"mixed precision: {choice.precision} ({choice.reason})")
     stop = StopFlag()
     try:
         return _train(cfg, accelerator, stop)
@@ -77,6 +82,24 @@ def run(cfg) -> int:
         return fail("fcn-train", err, EXIT_NONFINITE)
     finally:
         _end(accelerator, stop)
+
+
+def _choose_precision(cfg, processes: PartialState):
+    """``train.mixed_precision=auto`` resolved once, by the main process: the run's own precision
+    when it is resumed (its config.yaml), else ``resolve_precision``'s measurement."""
+    requested = cfg.train.mixed_precision
+    choice = PrecisionChoice(requested, "set explicitly")
+    if requested == "auto":
+        previous = run_precision(cfg.run_dir())
+        if previous is not None:
+            choice = PrecisionChoice(previous, f"auto: kept from {cfg.run_dir() / RUN_CONFIG}")
+        elif processes.is_main_process:
+            choice = resolve_precision("auto", processes.device.type, training=True)
+        chosen = main_process_choice(processes, choice.precision, PRECISIONS)
+        if chosen != choice.precision:
+            choice = PrecisionChoice(chosen, "auto: the main process's choice")
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=choice.precision))
+    return cfg, choice
 
 
 def _end(accelerator: Accelerator, stop: StopFlag) -> None:
@@ -371,7 +394,8 @@ class Outputs:
         source = model_source(self.wandb, self.state.step, logged) if self.wandb is not None else {}
         path = export_model(self.accelerator.unwrap_model(self.model), self.run_dir / name, self.cfg.model,
                             self.classes, IMAGENET_MEAN, IMAGENET_STD, self.state.step, metrics,
-                            {**self.provenance, "wandb": json.dumps(source)})
+                            trained_with={"mixed_precision": self.cfg.train.mixed_precision},
+                            provenance={**self.provenance, "wandb": json.dumps(source)})
         if logged:
             log_model_artifact(self.wandb, path, kind, self.state.step, metrics or {},
                                {"model": dataclasses.asdict(self.cfg.model), **self.provenance})

@@ -18,7 +18,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fcn_dist"
 
 PROCESS_MODULES = {"signal", "atexit", "multiprocessing", "torch.distributed", "accelerate", "wandb"}
-PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "metrics", "optim",
+PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "metrics", "optim", "precision",
          "engine", "inference", "labels", "files"]
 NO_DATA = ["metrics", "optim", "inference", "model", "labels"]
 NO_TORCH = ["config", "labels", "files", "process", "cli", "tracking", "compare"]

@@ -36,7 +36,11 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
     assert md_name == json_name.replace(".json", ".md")
 
     results = json.loads((tmp_path / json_name).read_text())
-    assert set(results) == {"environment", "date", "settings", "data", "train", "eval", "elapsed_s", "errors"}
+    assert set(results) == {"environment", "date", "settings", "ceiling", "data", "train", "eval", "elapsed_s",
+                            "errors"}
+    ceiling = results["ceiling"]
+    assert {case["dtype"] for case in ceiling["cases"].values() if case["kind"] == "conv"} == {"fp32", "bf16"}
+    assert {"fp32", "bf16"} <= set(ceiling["ceiling_gflop_per_s"]) and min(ceiling["ceiling_gflop_per_s"].values()) > 0
     assert results["errors"] == []
     assert results["settings"]["quick"] is True and results["settings"]["threads"] == 1
 
@@ -68,6 +72,8 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
             assert row["status"] == "skipped" and row["reason"].startswith("--quick")
         elif row["status"] == "ok":
             assert row["images_per_s"] > 0 and len(row["times"]) >= 1
+            if row in train["model_only"] and row["impl"] == "fcn":  # its dtype's ceiling bounds it
+                assert row["fraction_of_ceiling"] > 0
     ran_e2e = {r["name"] for r in train["end_to_end"] if r["status"] == "ok"}
     assert ran_e2e == {"fcn_dist bf16 channels_last", "d2l fp32"}
     assert any(r["pair"] == "train images/s, end to end: fcn_dist bf16 channels_last / d2l fp32"
@@ -78,10 +84,11 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
     for case in evals:
         for name in ("fcn_dist", "d2l", "d2l_tiled"):
             assert case[name]["images"] == 3 and case[name]["images_per_s"] > 0, name
+            assert case[name]["fraction_of_ceiling"] > 0, name
     assert any(r["pair"] == "eval images/s, fp32: fcn_dist / d2l_tiled" for r in results["eval"]["ratios"])
 
     markdown = (tmp_path / md_name).read_text()
-    for heading in ("## Data loaders", "## Training step, model only", "## Training step, end to end",
+    for heading in ("## This machine's ceiling", "## Data loaders", "## Training step, model only", "## Training step, end to end",
                     "## Evaluation", "## Ratios"):
         assert heading in markdown
     for name in MODEL_ONLY:

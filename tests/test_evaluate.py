@@ -56,8 +56,12 @@ def data(tmp_path_factory):
     return ckpt, root
 
 
+FP32 = ["--mixed-precision", "no"]
+"""Runs that are compared with each other or with fp32 references say their precision: auto could differ."""
+
+
 def _run_cli(args, capsys):
-    code = main([str(a) for a in args])
+    code = main([str(a) for a in args] + FP32)
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -117,7 +121,7 @@ def test_cli_torchrun_two_processes_equals_one_process(tmp_path, data, capsys):
     assert code == 0
     two = tmp_path / "two" / "m.json"
     proc = run_torchrun(["-m", "fcn_dist.evaluate", "--checkpoint", ckpt, "--data-root", root, "--output", two,
-                         "--num-workers", "1", "--batch-size", "2"], tmp_path)
+                         "--num-workers", "1", "--batch-size", "2", *FP32], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("num_images") == 1  # only the main process prints
     a, b = json.loads(one.read_text()), json.loads(two.read_text())

@@ -119,7 +119,7 @@ def test_verify_names_every_kind_of_bad_file(finished, tmp_path, name, how):
         verify_checkpoint(folder)
 
 
-@pytest.mark.parametrize("name, how", zip(KINDS, ["garble", "truncate", "garble", "truncate", "garble"]))
+@pytest.mark.parametrize("name, how", list(zip(KINDS, ["garble", "truncate", "garble", "truncate", "garble"])))
 def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_resumes_exactly(
         voc_root, finished, tmp_path, name, how):
     run_dir = _copy(finished, tmp_path)

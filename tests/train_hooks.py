@@ -12,6 +12,8 @@ Test-only. Used as ``python tests/train_hooks.py --config ... overrides`` (or un
 - ``FCN_TEST_LOG_SAMPLES=DIR``: every rank appends the dataset indices each training micro-batch
   consumed to ``DIR/rank<r>.jsonl`` as ``{"epoch": e, "ids": [...]}`` (needs
   ``data.num_workers=0``: items are fetched in this process, in order, a batch ahead).
+- ``FCN_TEST_PROBE=faster|slower``: ``mixed_precision=auto``'s CPU probe says bf16 is 2x faster,
+  or 2x slower, than fp32.
 - ``FCN_TEST_DUMP_WEIGHTS=1``: after each checkpoint, every rank writes its own unwrapped weights
   to ``<run_dir>/rank<r>_step<s>.safetensors``.
 - ``FCN_TEST_MIOU=0.2,0.6,0.4``: the k-th evaluation reports the k-th mIoU (the rest of its metrics
@@ -91,6 +93,12 @@ if os.environ.get("FCN_TEST_LOG_SAMPLES"):
     AugmentedDataset.__getitem__ = getitem
     train.train_step = train_step
 train.save_checkpoint = save_checkpoint
+
+if os.environ.get("FCN_TEST_PROBE"):
+    import fcn_dist.precision as precision
+
+    bf16_seconds = {"faster": 0.5, "slower": 2.0}[os.environ["FCN_TEST_PROBE"]]
+    precision.probe_cpu = lambda backward=True, repeats=4: (1.0, bf16_seconds)
 
 if os.environ.get("FCN_TEST_MIOU"):
     mious = [float(v) for v in os.environ["FCN_TEST_MIOU"].split(",")]

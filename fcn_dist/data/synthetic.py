@@ -24,7 +24,8 @@ from typing import Union
 import numpy as np
 from PIL import Image
 
-from .voc import VOC_PALETTE, DataError
+from ..labels import IGNORE_INDEX, VOC_PALETTE
+from .voc import DataError
 
 SYNTHETIC_CLASSES = {
     # VOC index: (RGB hue, shape)
@@ -108,7 +109,7 @@ def _draw_sample(rng: np.random.Generator, max_side: int) -> tuple[np.ndarray, n
         img[y0:y1, x0:x1][inside] = patch[inside]
         mask[y0:y1, x0:x1][inside] = cls
         # void band on the outline, as VOC's annotators drew it
-        mask[y0:y1, x0:x1][np.abs(dist) <= border / 2] = 255
+        mask[y0:y1, x0:x1][np.abs(dist) <= border / 2] = IGNORE_INDEX
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 

@@ -31,7 +31,7 @@ def test_eval_on_two_nodes_equals_single_process_fcn_eval(slurm, tmp_path):
     data_root = make_synthetic_voc(tmp_path / "data", num_train=2, num_val=5, seed=0, max_side=96)
 
     env = job_env(CHECKPOINT=str(checkpoint), DATA_ROOT=str(data_root), OUTPUT=str(tmp_path / "two_nodes.json"),
-                  EVAL_ARGS="--num-workers 0")
+                  EVAL_ARGS="--num-workers 0 --mixed-precision no")
     result = run_job(slurm, "eval.sbatch", tmp_path / "job", env, ("--nodes=2",))
     assert (result.job.state, result.job.exit_code) == ("COMPLETED", 0), tail(result)
     assert sorted(re.findall(r"^eval\.sbatch: (\S+) runs machine_rank=(\d)$", result.output, re.M)) == [
@@ -39,7 +39,7 @@ def test_eval_on_two_nodes_equals_single_process_fcn_eval(slurm, tmp_path):
 
     single = subprocess.run(
         [sys.executable, "-m", "fcn_dist.evaluate", "--checkpoint", str(checkpoint), "--data-root", str(data_root),
-         "--split", "val", "--num-workers", "0", "--output", str(tmp_path / "one.json")],
+         "--split", "val", "--num-workers", "0", "--mixed-precision", "no", "--output", str(tmp_path / "one.json")],
         env=job_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
 
