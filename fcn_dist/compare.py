@@ -200,7 +200,9 @@ def plot(runs: list[RunSummary], path: Path) -> Path:
         if not points:
             draw.text(((x0 + x1) // 2, (y0 + y1) // 2), "no data", fill="gray", font=font, anchor="mm")
             continue
-        xs, ys = _ticks(0, max(s for s, _ in points)), _ticks(min(v for _, v in points), max(v for _, v in points))
+        low, high = min(v for _, v in points), max(v for _, v in points)
+        pad = 0.05 * ((high - low) or abs(high) or 1.0)  # headroom: no point on the frame
+        xs, ys = _ticks(0, max(s for s, _ in points)), _ticks(max(0.0, low - pad) if low >= 0 else low - pad, high + pad)
 
         def at(step: float, value: float) -> tuple[float, float]:
             return (x0 + (step - xs[0]) / ((xs[-1] - xs[0]) or 1) * (x1 - x0),

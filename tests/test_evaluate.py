@@ -121,13 +121,26 @@ def test_cli_torchrun_two_processes_equals_one_process(tmp_path, data, capsys):
     assert code == 0
     two = tmp_path / "two" / "m.json"
     proc = run_torchrun(["-m", "fcn_dist.evaluate", "--checkpoint", ckpt, "--data-root", root, "--output", two,
-                         "--num-workers", "1", "--batch-size", "2", *FP32], tmp_path)
+                         "--num-workers", "1", "--batch-size", "2", "--wandb", *FP32], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("num_images") == 1  # only the main process prints
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["num_images"] == a["num_images"] == 5
     assert b["confusion_matrix"] == a["confusion_matrix"]
     assert b == a
+    from wandb_records import logged_table
+
+    runs = list((two.parent / "wandb").glob("offline-run-*/*.wandb"))  # one W&B run, from the main process
+    assert len(runs) == 1
+    per_image, _ = logged_table(runs[0], "eval/val/per_image")  # every process's images, each once
+    assert sorted(dict(zip(per_image["columns"], v))["labelled_pixels"] for v in per_image["data"]) == sorted(
+        int(cm.sum()) for cm in per_image_cms(ckpt, root))
+
+
+def per_image_cms(ckpt, root) -> list:
+    model, info = load_model(ckpt)
+    val = build_dataset(DataConfig(root=str(root)), "val", train=False)
+    return [confusion_matrix(predict_image(model, info, image), mask, 21) for image, mask in val]
 
 
 def test_cli_fold_bn_changes_float_rounding_only(tmp_path, data, capsys):
