@@ -385,7 +385,8 @@ def run(args: argparse.Namespace) -> int:
         choice = choice if chosen == choice.precision else PrecisionChoice(chosen, "auto: the main process's choice")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=choice.precision,
                               dataloader_config=DataLoaderConfiguration(even_batches=False))
-    accelerator.print(f"mixed precision: {choice.precision} ({choice.reason})", file=sys.stderr)
+    if args.mixed_precision == "auto":  # say what auto chose (stdout: stderr is for errors only)
+        accelerator.print(f"mixed precision: {choice.precision} ({choice.reason})")
     try:
         return run_guarded("fcn-eval", lambda: _run(args, accelerator) or 0)
     finally:

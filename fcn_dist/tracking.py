@@ -353,12 +353,17 @@ def per_image_table(rows: list[dict], classes: Sequence[str]):
 # ---- console -------------------------------------------------------------------------------------
 
 def progress_options(stream=None) -> dict[str, Any]:
-    """tqdm options: a redrawn bar on a terminal; plain lines every ``NON_TTY_INTERVAL_S`` elsewhere.
+    """tqdm options: a redrawn bar on a terminal (stderr); plain lines every ``NON_TTY_INTERVAL_S``
+    elsewhere, on stdout, so that stderr keeps only warnings and errors.
 
     A Slurm log is a file: a redrawn bar fills it with carriage returns and, for nested bars,
     cursor-up escapes. Callers open one bar at a time.
+
+    Args:
+        stream: where the bar goes; default stderr on a terminal, else stdout.
     """
-    stream = sys.stderr if stream is None else stream
+    if stream is None:
+        stream = sys.stderr if sys.stderr.isatty() else sys.stdout
     if getattr(stream, "isatty", lambda: False)():
         return {"dynamic_ncols": True, "file": stream}
     return {"file": stream, "mininterval": NON_TTY_INTERVAL_S, "maxinterval": NON_TTY_INTERVAL_S,
