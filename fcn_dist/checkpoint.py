@@ -54,7 +54,7 @@ class ModelInfo:
 
 def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: ModelConfig, classes: list[str],
                  mean: list[float], std: list[float], step: int = 0, metrics: dict | None = None,
-                 trained_with: dict | None = None) -> Path:
+                 trained_with: dict | None = None, provenance: dict[str, str] | None = None) -> Path:
     """Write ``model``'s weights as a self-describing safetensors file, atomically.
 
     Args:
@@ -64,6 +64,8 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: Mod
         model_cfg, classes, mean, std, step, metrics: stored in the header metadata.
         trained_with: how the weights were trained (``{"mixed_precision": "bf16"}``), stored as
             ``fcn_dist.trained_with``.
+        provenance: more header entries (``fcn_dist.`` is prefixed), strings: training writes
+            ``config_fingerprint`` and ``wandb`` (docs/DESIGN.md, "Self-describing safetensors").
 
     Returns:
         The path written.
@@ -80,6 +82,7 @@ def export_model(model: torch.nn.Module, path: str | os.PathLike, model_cfg: Mod
         META_PREFIX + "step": str(int(step)),
         META_PREFIX + "metrics": json.dumps(metrics or {}),
         META_PREFIX + "trained_with": json.dumps(trained_with or {}),
+        **{META_PREFIX + key: value for key, value in (provenance or {}).items()},
     }
     data = save(state, metadata=metadata)  # bytes: save_file would replace the file with a 0600 one
     try:
@@ -327,6 +330,8 @@ class TrainState:
     batch_in_epoch: int = 0
     """Per-process batches of this epoch already trained (at ``world_size`` processes)."""
     best_miou: float = -1.0
+    best_step: int = -1
+    """Step of the evaluation that gave ``best_miou`` (-1: none yet, or a checkpoint older than this field)."""
     wandb_run_id: str = ""
     last_eval: int = -1
     """Step of the latest evaluation (so the end of training does not repeat it)."""

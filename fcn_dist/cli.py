@@ -1,9 +1,9 @@
 """Console scripts: their argument parsers, the shared inference flags, and error handling.
 
-Every console script (``fcn-train``, ``fcn-eval``, ``fcn-predict``, ``fcn-data``) starts here.
+Every console script (``fcn-train``, ``fcn-eval``, ``fcn-predict``, ``fcn-data``, ``fcn-compare``) starts here.
 Parsing, ``--help``, ``--print-config-reference`` and config errors need no torch, so they
 answer in a fraction of a second; only then is the command's module (``fcn_dist.train``,
-``fcn_dist.evaluate``, ``fcn_dist.predict``, ``fcn_dist.data.cli``) imported and run. Each of
+``fcn_dist.evaluate``, ``fcn_dist.predict``, ``fcn_dist.data.cli``, ``fcn_dist.compare``) imported and run. Each of
 those modules' ``main()`` comes back here, so ``python -m fcn_dist.<module>`` behaves the same.
 
 Bad input of any kind ends as one line, ``<prog>: error: <message>``, and exit 2
@@ -209,9 +209,14 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace existing --output files that fcn_dist "
                         "did not write (never the checkpoint or a file in the data root)")
     add_max_pixels_arg(parser)
-    parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (offline without an "
-                        "API key; WANDB_MODE overrides)")
-    parser.add_argument("--wandb-project", default="fcn_dist", help="W&B project (default: %(default)s)")
+    parser.add_argument("--wandb", action="store_true", help="log the results to a W&B run (job_type eval) linked "
+                        "to the training run; wandb's own settings pick online or offline, offline without "
+                        "credentials")
+    parser.add_argument("--wandb-project", default=None, help="W&B project (default: the training run's, else "
+                        "fcn_dist)")
+    parser.add_argument("--wandb-images", type=int, default=1500, metavar="N",
+                        help="rows of the W&B per-image table (image with prediction and label masks, its mIoU "
+                             "and pixel accuracy); 0 = none (default: %(default)s, all of VOC val's 1,449)")
     add_inference_args(parser)
     return parser
 
@@ -220,8 +225,8 @@ def eval_main(argv: Optional[Sequence[str]] = None) -> int:
     """``fcn-eval``; returns the exit code."""
     parser = eval_parser()
     args = _parse_inference(parser, argv)
-    if args.batch_size < 1 or args.num_workers < 0:
-        parser.error("--batch-size must be >= 1 and --num-workers >= 0")
+    if args.batch_size < 1 or args.num_workers < 0 or args.wandb_images < 0:
+        parser.error("--batch-size must be >= 1, --num-workers and --wandb-images >= 0")
     from .evaluate import run
 
     return run(args)
@@ -351,6 +356,51 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
     """``fcn-data``; returns the exit code."""
     args = data_parser().parse_args(argv)
     from .data.cli import run
+
+    return run(args)
+
+
+# ---- fcn-compare --------------------------------------------------------------------------
+
+COMPARE_DESCRIPTION = """Compare training runs without the W&B UI: the config keys that differ, best mIoU and its step,
+final mIoU, pixel accuracy, steps, images/s and per-class IoU differences.
+
+    fcn-compare runs/demo runs/demo-lr0.05 --plot curves.png --output table.md
+    fcn-compare --wandb ENTITY/PROJECT --filter group=lr-study --filter model.arch=fcn8s
+
+Local runs are read from each run directory's config.yaml and metrics.jsonl (line by line; a run
+still in progress is fine). --wandb reads the same from W&B's public API and needs W&B online.
+"""
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcn-compare", formatter_class=argparse.RawDescriptionHelpFormatter, description=COMPARE_DESCRIPTION,
+        epilog=f"exit codes: 0 done; {EXIT_BAD_INPUT} bad arguments, a run directory without config.yaml or "
+               "metrics.jsonl, or --wandb while W&B is offline.")
+    parser.add_argument("runs", nargs="*", metavar="RUN_DIR", help="run directories (train.output_dir/run_name)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="compare the W&B training runs of this project")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE",
+                        help="with --wandb: keep runs whose KEY equals VALUE; KEY is group, tags, state, job_type, "
+                             "name or a config key such as optim.lr (repeatable; default: job_type=train)")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="write val/mIoU and train/loss against step, "
+                        "all runs, as a PNG")
+    parser.add_argument("--output", type=Path, metavar="FILE", help="also write the table as Markdown (.md) or "
+                        "CSV (.csv)")
+    return parser
+
+
+def compare_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``fcn-compare``; returns the exit code."""
+    parser = compare_parser()
+    args = parser.parse_args(argv)
+    if bool(args.runs) == bool(args.wandb):
+        parser.error("give run directories or --wandb ENTITY/PROJECT (one of the two)")
+    if args.filter and not args.wandb:
+        parser.error("--filter needs --wandb")
+    if args.output and args.output.suffix not in (".md", ".csv"):
+        parser.error(f"--output {args.output}: the name must end in .md or .csv")
+    from .compare import run
 
     return run(args)
 

@@ -273,16 +273,23 @@ class TrainConfig:
             raise ConfigError("train.resume must be auto, never or a checkpoint path")
 
 
+LOG_MODEL = ("none", "best", "last", "all")
+
+
 @dataclass(frozen=True)
 class LogConfig:
     """Metrics: W&B (offline without a key or network) and the local metrics.jsonl."""
 
     wandb: bool = True
-    """Log to Weights & Biases from the main process (offline when there is no API key)."""
+    """Log to Weights & Biases from the main process; wandb's own settings pick the mode (offline without credentials, never a prompt)."""
     project: str = "fcn_dist"
     """W&B project."""
     entity: str = ""
     """W&B entity (team or user); empty means your default."""
+    group: str = ""
+    """W&B group (runs that are parts of one experiment); empty means none, or WANDB_RUN_GROUP when set."""
+    log_model: str = "none"
+    """Upload exported models as W&B artifacts of type model: none, best (model_best), last (model_last) or all."""
     every: int = 10
     """Log training scalars every N optimizer steps (the only host syncs in the loop)."""
     num_images: int = 4
@@ -291,6 +298,7 @@ class LogConfig:
     def __post_init__(self) -> None:
         _check_positive("log", "every", self.every)
         _check_positive("log", "num_images", self.num_images, allow_zero=True)
+        _check_choice("log", "log_model", self.log_model, LOG_MODEL)
 
 
 @dataclass(frozen=True)
@@ -298,7 +306,7 @@ class Config:
     """A whole run: model, data, optim, train and log sections."""
 
     name: str = "default"
-    """Config name: the W&B group and the default run name (set from the YAML file name)."""
+    """Config name: a W&B tag and the default run name (set from the YAML file name)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -463,7 +471,7 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 
 
 RESUME_MAY_CHANGE = {
-    "name": "a label (the W&B group default); the run directory is what identifies the run",
+    "name": "a label (a W&B tag); the run directory is what identifies the run",
     "train.epochs": "extends (or shortens) the run; the LR schedule is recomputed for the new length",
     "train.max_steps": "as train.epochs",
     "train.eval_every": "how often, not what, is evaluated",
@@ -486,6 +494,8 @@ RESUME_MAY_CHANGE = {
     "log.project": "as log.wandb",
     "log.entity": "as log.wandb",
     "log.num_images": "how many validation examples are logged",
+    "log.group": "how W&B groups runs in its charts, not what is trained",
+    "log.log_model": "which exports are uploaded to W&B, not what is trained",
 }
 """Config keys a resumed run may change, each with why that is safe (docs/DESIGN.md, "Run identity").
 
@@ -501,6 +511,19 @@ def flat_dict(cfg: Config) -> dict[str, Any]:
         else:
             flat[section] = values
     return flat
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """16 hex digits of sha256 over the keys that define the experiment (all but ``RESUME_MAY_CHANGE``).
+
+    Two runs share it exactly when a run directory would accept the other's config as a resume;
+    exports record it (``fcn_dist.config_fingerprint``) so a model can be traced to its experiment.
+    """
+    import hashlib
+    import json
+
+    keys = {k: v for k, v in flat_dict(cfg).items() if k not in RESUME_MAY_CHANGE}
+    return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def config_changes(old: Config, new: Config) -> tuple[dict[str, tuple], dict[str, tuple]]:

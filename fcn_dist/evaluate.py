@@ -23,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -35,7 +37,7 @@ from accelerate.data_loader import DataLoaderDispatcher, DataLoaderShard
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .checkpoint import load_model
+from .checkpoint import META_PREFIX, load_model, read_metadata
 from .cli import EVAL_TERMS, eval_main, model_from_args, run_guarded
 from .config import DataConfig, InferenceOptions
 from .data import build_dataset, list_collate, loader_kwargs
@@ -45,9 +47,7 @@ from .labels import class_names
 from .metrics import compute_scores, confusion_matrix
 from .precision import PRECISIONS, PrecisionChoice, resolve_precision
 from .process import loader_worker_init, main_process_choice
-
-WANDB_EXAMPLES = 4
-"""(image, prediction, label) examples that ``fcn-eval --wandb`` logs as ``val/examples``."""
+from .tracking import progress_options
 
 
 @dataclasses.dataclass
@@ -61,11 +61,16 @@ class EvalResult:
         confusion: int64 (C, C) confusion matrix summed over all processes, on the CPU.
         examples: up to ``num_examples`` (image uint8 (3, H, W), pred uint8 (H, W),
             label uint8 (H, W)) on the CPU, from the main process's images; empty elsewhere.
+        per_image: up to ``per_image`` rows from all processes, on the main process (empty
+            elsewhere): ``image`` (JPEG bytes), ``prediction`` and ``label`` (PNG bytes, mode L,
+            class ids, 255 void), ``mIoU`` and ``pixel_accuracy`` of that image (None when it
+            has no labelled pixel), ``labelled_pixels``.
     """
 
     metrics: dict
     confusion: torch.Tensor
     examples: list
+    per_image: list = dataclasses.field(default_factory=list)
 
 
 def metrics_from_confusion(cm: torch.Tensor, classes: Sequence[str], num_images: int) -> dict:
@@ -113,6 +118,21 @@ def _predict_batch(model: torch.nn.Module, images, masks, mean: Sequence[float],
     return triples
 
 
+def _encode_row(image: torch.Tensor, pred: torch.Tensor, label: torch.Tensor, cm: torch.Tensor) -> dict:
+    """One per-image row (``EvalResult.per_image``): the image as JPEG, the masks as PNG, its scores."""
+    def encoded(array, fmt: str, **kwargs) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, fmt, **kwargs)
+        return buffer.getvalue()
+
+    labelled = int(cm.sum())
+    scores = compute_scores(cm) if labelled else {"mIoU": None, "pixel_accuracy": None}
+    return {"image": encoded(image.permute(1, 2, 0).cpu().numpy(), "JPEG", quality=90),
+            "prediction": encoded(pred.to(torch.uint8).cpu().numpy(), "PNG"),
+            "label": encoded(label.cpu().numpy(), "PNG"),
+            "mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"], "labelled_pixels": labelled}
+
+
 def _repeats_in_batch(accelerator: Accelerator, loader) -> bool:
     """True for the last batch of a loader that Accelerate padded with repeated samples."""
     state = accelerator.gradient_state
@@ -125,7 +145,8 @@ def _repeats_in_batch(accelerator: Accelerator, loader) -> bool:
 
 def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_classes: int,
              mean: Sequence[float], std: Sequence[float], mode: Union[str, InferenceOptions] = "whole",
-             num_examples: int = 0, classes: Sequence[str] | None = None) -> EvalResult:
+             num_examples: int = 0, classes: Sequence[str] | None = None, per_image: int = 0,
+             progress: bool = True) -> EvalResult:
     """Score a model on every image of a loader, each counted exactly once across processes.
 
     The model is put in eval mode and restored to its previous mode afterwards; inference
@@ -143,12 +164,16 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_class
         mode: ``whole``, ``slide``, or InferenceOptions (tiles, flip, scales).
         num_examples: (image, prediction, label) triples to keep from the main process.
         classes: C class names for ``per_class_IoU``; None gives ``labels.class_names``' fallback.
+        per_image: per-image rows to keep (``EvalResult.per_image``), gathered from every process;
+            needs a loader without repeated samples (``even_batches=False``, as fcn-eval's).
+        progress: show a progress bar on the main process (training passes False: no nested bars).
 
     Returns:
         EvalResult, identical on every process (except ``examples``).
 
     Raises:
-        ValueError: several processes and a loader not prepared by Accelerate.
+        ValueError: several processes and a loader not prepared by Accelerate; ``per_image``
+            with a loader that repeats samples.
         RuntimeError: the number of images counted differs from the dataset length.
     """
     options = mode if isinstance(mode, InferenceOptions) else InferenceOptions(mode=mode)
@@ -160,33 +185,47 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_class
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
     num_images = torch.zeros((), dtype=torch.int64, device=device)
     examples: list = []
+    rows: list = []
     was_training = model.training
     model.eval()
+    bar = tqdm(loader, desc="eval", unit="batch", disable=not (progress and accelerator.is_main_process),
+               **progress_options())
     try:
         with torch.inference_mode(), accelerator.autocast():
-            for images, masks in tqdm(loader, desc="eval", unit="batch",
-                                      disable=not accelerator.is_main_process or not sys.stderr.isatty()):
+            for images, masks in bar:
                 triples = _predict_batch(model, images, masks, mean, std, options, device)
-                per_image = torch.stack([confusion_matrix(pred, label, num_classes) for _, pred, label in triples])
+                image_cms = torch.stack([confusion_matrix(pred, label, num_classes) for _, pred, label in triples])
                 if accelerator.is_main_process:
                     examples += [(image.cpu(), pred.to(torch.uint8).cpu(), label.cpu())
                                  for image, pred, label in triples[:num_examples - len(examples)]]
                 if _repeats_in_batch(accelerator, loader):
+                    if per_image:
+                        raise ValueError("per-image rows need a loader without repeated samples (even_batches=False)")
                     # every process receives the real images of all processes; one of them adds them
-                    per_image = accelerator.gather_for_metrics(per_image)
+                    image_cms = accelerator.gather_for_metrics(image_cms)
                     if not accelerator.is_main_process:
-                        per_image = per_image[:0]
-                cm += per_image.sum(dim=0)
-                num_images += len(per_image)
+                        image_cms = image_cms[:0]
+                rows += [_encode_row(*triple, image_cm.cpu())
+                         for triple, image_cm in zip(triples[:per_image - len(rows)], image_cms)]
+                cm += image_cms.sum(dim=0)
+                num_images += len(image_cms)
     finally:
+        bar.close()
         model.train(was_training)
+    if per_image and accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object(rows)[:per_image]  # a collective: every process takes part, the main one keeps them
+        if not accelerator.is_main_process:
+            rows = []
     cm = accelerator.reduce(cm, reduction="sum").cpu()
     total = int(accelerator.reduce(num_images, reduction="sum"))
     dataset = getattr(loader, "dataset", None)
     if hasattr(dataset, "__len__") and total != len(dataset):
         raise RuntimeError(f"evaluation counted {total} images but the dataset has {len(dataset)}; "
                            "use a loader without drop_last, prepared by accelerator.prepare")
-    return EvalResult(metrics=metrics_from_confusion(cm, names, total), confusion=cm, examples=examples)
+    return EvalResult(metrics=metrics_from_confusion(cm, names, total), confusion=cm, examples=examples,
+                      per_image=rows)
 
 
 def format_table(metrics: dict) -> str:
@@ -350,33 +389,70 @@ def _build_loader(args: argparse.Namespace, classes: list[str]):
                                        **loader_kwargs(data_cfg, loader_worker_init()))
 
 
-def _log_wandb(accelerator: Accelerator, args: argparse.Namespace, result: EvalResult, classes: list[str]) -> None:
-    from .tracking import val_scalars, wandb_media, wandb_mode
+def _wandb_config(args: argparse.Namespace, info, meta: dict, source: dict, accelerator: Accelerator) -> dict:
+    """fcn-eval's W&B config: the checkpoint's metadata (its metrics without the matrix) and the eval options."""
+    metrics = {k: v for k, v in info.metrics.items() if k != "confusion_matrix"}
+    return {"checkpoint": str(args.checkpoint), "checkpoint/step": info.step,
+            "checkpoint/model": dataclasses.asdict(info.model), "checkpoint/classes": info.classes,
+            "checkpoint/metrics": metrics, "checkpoint/config_fingerprint": meta.get(META_PREFIX + "config_fingerprint"),
+            "train/run": source.get("run"), "train/group": source.get("group"), "train/artifact": source.get("artifact"),
+            "split": args.split, "data_root": str(args.data_root), "data_format": args.data_format,
+            "batch_size": args.batch_size, "mixed_precision": accelerator.mixed_precision,
+            "processes": accelerator.num_processes,
+            **dataclasses.asdict(args.options)}
 
-    out_dir = (args.output.parent if args.output else Path.cwd()).resolve()
-    accelerator.init_trackers(args.wandb_project, config={"checkpoint": str(args.checkpoint), "split": args.split,
-                                                          **dataclasses.asdict(args.options)},
-                              init_kwargs={"wandb": {"job_type": "eval", "dir": str(out_dir), "mode": wandb_mode()}})
-    accelerator.log({**val_scalars(result.metrics, classes), "val/num_images": result.metrics["num_images"]})
-    if accelerator.is_main_process:
-        accelerator.get_tracker("wandb", unwrap=True).log(wandb_media(result.examples, result.confusion, classes))
+
+def _log_wandb(args: argparse.Namespace, result: EvalResult, info, accelerator: Accelerator, seconds: float):
+    """The eval run: linked to the training run, everything at one step (the checkpoint's ``train/step``)."""
+    import wandb
+
+    from .tracking import STEP_KEY, eval_tables, per_image_table, run_location, start_wandb, val_scalars
+
+    meta = read_metadata(args.checkpoint)
+    source = json.loads(meta.get(META_PREFIX + "wandb", "{}"))  # {"run", "group", "artifact"}; {} without W&B
+    train_path = (source.get("run") or "").split("/")
+    kwargs = {"project": args.wandb_project or (train_path[-2] if len(train_path) >= 2 else "fcn_dist"),
+              "job_type": "eval", "name": f"{args.checkpoint.parent.name}/{args.checkpoint.stem}-step{info.step}",
+              "dir": str((args.output.parent if args.output else Path.cwd()).resolve()),
+              "tags": [info.model.arch, info.model.backbone, args.split]}
+    if len(train_path) == 3 and not args.wandb_project:
+        kwargs["entity"] = train_path[0]
+    if source.get("group"):
+        kwargs["group"] = source["group"]
+    run = start_wandb(kwargs, _wandb_config(args, info, meta, source, accelerator), "fcn-eval")
+    if source.get("artifact") and run.settings.mode not in ("offline", "dryrun"):  # wandb refuses it offline
+        try:
+            run.use_artifact(source["artifact"], type="model")
+        except wandb.errors.Error as err:
+            print(f"fcn-eval: warning: cannot link the model artifact {source['artifact']} ({err}); the config "
+                  "names the training run", file=sys.stderr)
+    prefix = f"eval/{args.split}"
+    row = {STEP_KEY: info.step, **val_scalars(result.metrics, info.classes, prefix),
+           f"{prefix}/num_images": result.metrics["num_images"], f"{prefix}/seconds": seconds,
+           **eval_tables(result.confusion, info.classes, prefix),
+           f"{prefix}/confusion_png": wandb.Image(render_confusion(result.confusion, info.classes))}
+    if result.per_image:
+        row[f"{prefix}/per_image"] = per_image_table(result.per_image, info.classes)
+    run.log(row)
+    return run_location(run)
 
 
 def _run(args: argparse.Namespace, accelerator: Accelerator) -> None:
     model, info = load_model(args.checkpoint, device=accelerator.device)
     model = model_from_args(model, args)
     loader = accelerator.prepare(_build_loader(args, info.classes))
-    result = evaluate(model, loader, accelerator, len(info.classes), info.mean, info.std,
-                      mode=args.options, num_examples=WANDB_EXAMPLES if args.wandb else 0,
-                      classes=info.classes)
-    if args.wandb:
-        _log_wandb(accelerator, args, result, info.classes)
+    start = time.perf_counter()
+    result = evaluate(model, loader, accelerator, len(info.classes), info.mean, info.std, mode=args.options,
+                      classes=info.classes, per_image=args.wandb_images if args.wandb else 0)
+    seconds = time.perf_counter() - start
     if accelerator.is_main_process:
         print(format_table(result.metrics))
         if args.output:
             metrics = {**result.metrics, "checkpoint": str(args.checkpoint), "split": args.split}
             json_path, png_path = write_eval_files(metrics, args.output, step=info.step)
             print(f"wrote {json_path} and {png_path}")
+        if args.wandb:
+            print(_log_wandb(args, result, info, accelerator, seconds))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -384,6 +460,8 @@ def run(args: argparse.Namespace) -> int:
     refused = run_guarded("fcn-eval", lambda: check_outputs(args) or 0)  # before anything runs
     if refused:
         return refused
+    from .tracking import finish_wandb
+
     processes = PartialState(cpu=not torch.cuda.is_available())
     choice = PrecisionChoice(args.mixed_precision, "set explicitly")
     if args.mixed_precision == "auto":  # measured once, by the main process (forward only)
@@ -392,14 +470,14 @@ def run(args: argparse.Namespace) -> int:
         chosen = main_process_choice(processes, choice.precision, PRECISIONS)
         choice = choice if chosen == choice.precision else PrecisionChoice(chosen, "auto: the main process's choice")
     accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=choice.precision,
-                              dataloader_config=DataLoaderConfiguration(even_batches=False),
-                              log_with="wandb" if args.wandb else None)
+                              dataloader_config=DataLoaderConfiguration(even_batches=False))
     if args.mixed_precision == "auto":  # say what auto chose (stdout: stderr is for errors only)
         accelerator.print(f"mixed precision: {choice.precision} ({choice.reason})")
     try:
         return run_guarded("fcn-eval", lambda: _run(args, accelerator) or 0, EVAL_TERMS)
     finally:
-        accelerator.end_training()  # finishes W&B and destroys the process group (gloo aborts otherwise)
+        finish_wandb()
+        accelerator.end_training()  # destroys the process group (gloo aborts otherwise)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

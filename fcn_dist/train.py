@@ -17,6 +17,7 @@ resume. The stop flag is read after every optimizer step (docs/DESIGN.md, "Stopp
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import socket
 import sys
@@ -32,7 +33,7 @@ from fcn_dist.checkpoint import (RUN_CONFIG, CheckpointError, TrainState, check_
                                  export_model, find_resume_checkpoint, free_run_name, load_checkpoint, plan_resume,
                                  record_resume, run_precision, save_checkpoint, train_state_json)
 from fcn_dist.cli import bad_input_errors, train_main
-from fcn_dist.config import ConfigError, save_config
+from fcn_dist.config import ConfigError, config_fingerprint, save_config
 from fcn_dist.data import build_dataloaders
 from fcn_dist.data.voc import DataError
 from fcn_dist.engine import train_step
@@ -43,7 +44,9 @@ from fcn_dist.optim import build_optimizer, build_scheduler
 from fcn_dist.precision import PRECISIONS, PrecisionChoice, resolve_precision
 from fcn_dist.process import (EXIT_LOST_PEER, EXIT_NONFINITE, EXIT_PREEMPTED, StopFlag, fail, loader_worker_init,
                               lost_peer, main_process_choice, peer_reason)
-from fcn_dist.tracking import MetricsLog, flat_config, val_scalars, wandb_init_kwargs, wandb_media
+from fcn_dist.tracking import (BEST_KEY, STEP_KEY, MetricsLog, console, eval_line, eval_tables, example_images, finish_wandb,
+                               flat_config, log_model_artifact, model_source, progress_options, run_facts,
+                               run_location, start_wandb, summary_lines, val_scalars, wandb_init_kwargs)
 
 
 class NonFiniteError(RuntimeError):
@@ -64,7 +67,6 @@ def run(cfg) -> int:
         cpu=not torch.cuda.is_available(),
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum,
-        log_with="wandb" if cfg.log.wandb else None,
         project_dir=str(cfg.run_dir()),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=cfg.data.pin_memory),
         kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))])
@@ -111,7 +113,7 @@ def _choose_precision(cfg, processes: PartialState):
 def _end(accelerator: Accelerator, stop: StopFlag) -> None:
     """Finish W&B and destroy the process group (gloo aborts at exit otherwise)."""
     try:
-        accelerator.end_training()
+        finish_wandb()
     except ConnectionError as err:
         if not stop.terminated:
             raise
@@ -124,7 +126,7 @@ def _end(accelerator: Accelerator, stop: StopFlag) -> None:
             wandb.teardown()
         except ConnectionError:
             pass
-        accelerator.state.destroy_process_group()
+    accelerator.end_training()
 
 
 def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
@@ -171,21 +173,27 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
         save_config(cfg, run_dir / RUN_CONFIG)
         if saved is not None and (changes or plan.notes):
             record_resume(run_dir, state.step, changes, plan.notes)
-    out = Outputs(cfg, accelerator, model, scheduler, val_loader, state, stop, changes)
+    wandb_config = None  # the resolved config, what a resume changed, and derived facts
+    if cfg.log.wandb and accelerator.is_main_process:
+        wandb_config = {**flat_config(cfg), **{f"resume/{key}": f"{old} -> {new}" for key, (old, new) in changes.items()},
+                        **run_facts(cfg, accelerator.num_processes, steps_per_epoch, total_steps,
+                                    sum(p.numel() for p in model.parameters()),
+                                    {"train": len(train_loader.dataset), "val": len(val_loader.dataset)})}
+    out = Outputs(cfg, accelerator, model, scheduler, val_loader, state, stop, wandb_config)
 
     def is_boundary(step: int) -> bool:
         return step % cfg.log.every == 0 or step == total_steps
 
     # a context, so the bar is closed before an error line is printed
-    with tqdm(total=total_steps, initial=state.step, desc="train", dynamic_ncols=True,
-              disable=not accelerator.is_main_process or not sys.stderr.isatty()) as progress:
+    with tqdm(total=total_steps, initial=state.step, desc="train", disable=not accelerator.is_main_process,
+              **progress_options()) as progress:
         model.train()
         while state.step < total_steps:
             train_loader.set_epoch(state.epoch)
             train_loader.dataset.set_epoch(state.epoch)  # Accelerate skips the dataset when the sampler has set_epoch
             batches = (accelerator.skip_first_batches(train_loader, state.batch_in_epoch)
                        if state.batch_in_epoch else train_loader)
-            for batch in batches:
+            for batch in out.timed(batches):
                 with accelerator.accumulate(model):
                     clip = None
                     if accelerator.sync_gradients and (cfg.optim.clip_grad_norm or is_boundary(state.step + 1)):
@@ -201,7 +209,8 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
                 state.step += 1
                 progress.update(1)
                 if is_boundary(state.step):
-                    progress.set_postfix(loss=f"{out.log_train(scheduler.get_last_lr()[0], grad_norm):.4f}")
+                    progress.set_postfix(loss=f"{out.log_train(scheduler.get_last_lr()[0], grad_norm):.4f}",
+                                         refresh=False)
                 if stop.requested(accelerator):  # every step, before any evaluation or checkpoint is due
                     out.save()
                     accelerator.print(f"stopped by signal {stop.signum} at step {state.step}: checkpoint saved; "
@@ -226,6 +235,7 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
     elif state.last_ckpt != state.step:
         out.save()
     out.close()
+    out.report()
     return 0
 
 
@@ -258,33 +268,49 @@ def _report_complete(accelerator: Accelerator, run_dir, saved: dict, total_steps
 
 
 class Outputs:
-    """Everything the training loop writes: log rows, evaluations, checkpoints and exports.
+    """Everything the training loop writes: log rows, evaluations, checkpoints, exports, console lines.
 
     Keeps the device-side loss accumulators (the loop syncs with the host only at log steps,
-    evaluations and saves). ``save`` and the export of ``model_best`` first run
-    ``check_finite``: no weights are written without it.
+    evaluations and saves) and the throughput clock: ``train/images_per_sec`` and
+    ``train/data_wait_fraction`` count training steps only, not evaluations or saves. ``save``
+    and the export of ``model_best`` first run ``check_finite``: no weights are written without it.
     """
 
     def __init__(self, cfg, accelerator: Accelerator, model, scheduler, val_loader, state: TrainState,
-                 stop: StopFlag, changes: dict):
+                 stop: StopFlag, wandb_config: dict | None):
         self.cfg, self.accelerator, self.model, self.val_loader = cfg, accelerator, model, val_loader
         self.scheduler = scheduler
         self.state, self.stop = state, stop
         self.run_dir = cfg.run_dir()
         self.classes = class_names(cfg.data.classes)
-        if cfg.log.wandb:
-            resumed = {f"resume/{key}": f"{old} -> {new}" for key, (old, new) in changes.items()}
-            accelerator.init_trackers(cfg.log.project, config={**flat_config(cfg), **resumed},
-                                      init_kwargs={"wandb": wandb_init_kwargs(cfg, self.run_dir, state.wandb_run_id)})
-            if accelerator.is_main_process:
-                state.wandb_run_id = accelerator.get_tracker("wandb", unwrap=True).id
+        self.started, self.final_miou = time.perf_counter(), None
+        self.wandb = None  # the W&B run, on the main process only
+        self.provenance = {"config_fingerprint": config_fingerprint(cfg)}
+        if wandb_config is not None:
+            self.wandb = start_wandb(wandb_init_kwargs(cfg, self.run_dir, state.wandb_run_id), wandb_config,
+                                     "fcn-train")
+            state.wandb_run_id = self.wandb.id
         # Rows logged after the checkpoint we resume from are dropped: they are about to be logged again.
         self.metrics_log = (MetricsLog(self.run_dir / "metrics.jsonl", keep_until=state.step)
                             if accelerator.is_main_process else None)
         device = accelerator.device
         self.loss_sum = torch.zeros((), device=device)
         self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
-        self.window_start, self.window_batches = time.perf_counter(), 0
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self.window_start, self.window_batches, self.paused, self.data_wait = time.perf_counter(), 0, 0.0, 0.0
+
+    def timed(self, batches):
+        """The loader's batches, with the time spent waiting for each added to ``train/data_wait_fraction``."""
+        batches = iter(batches)
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.data_wait += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
 
     def add_loss(self, loss: torch.Tensor, step: int) -> None:
         """Accumulate a micro-batch's loss on the device, remembering the first non-finite one's step."""
@@ -296,21 +322,25 @@ class Outputs:
         row = {"step": self.state.step, "epoch": self.state.epoch, **row}
         if self.metrics_log is not None:
             self.metrics_log.write({k: v for k, v in row.items() if isinstance(v, (int, float, str))})
-        if not self.stop.terminated:  # a job-wide SIGTERM also stopped wandb's service process
-            self.accelerator.log({k: v for k, v in row.items() if k not in ("step", "epoch")}, step=self.state.step)
+        if self.wandb is not None and not self.stop.terminated:  # a job-wide SIGTERM also stopped wandb's service
+            self.wandb.log({STEP_KEY: row.pop("step"), **row}, step=self.state.step)
 
     def log_train(self, lr: float, grad_norm: torch.Tensor | None) -> float:
-        """Log the mean loss since the last log step (and lr, grad norm, throughput); returns the loss."""
+        """Log the mean loss since the last log step, lr, grad norm and throughput; returns the loss."""
         self.check_finite()
-        mean_loss = float(self.accelerator.reduce(self.loss_sum, "mean")) / self.window_batches
-        images_per_sec = self.window_batches * self.cfg.data.batch_size * self.accelerator.num_processes / (
-            time.perf_counter() - self.window_start)
-        self.log({"train/loss": mean_loss, "train/lr": lr, "train/images_per_sec": images_per_sec,
+        loss_sum, data_wait = self.accelerator.reduce(
+            torch.stack([self.loss_sum, torch.tensor(self.data_wait, device=self.loss_sum.device)]), "mean").tolist()
+        step_time = time.perf_counter() - self.window_start - self.paused  # evaluations and saves left out
+        self.log({"train/loss": loss_sum / self.window_batches, "train/lr": lr,
+                  "train/images_per_sec": self.window_batches * self.cfg.data.batch_size
+                  * self.accelerator.num_processes / step_time,
+                  "train/data_wait_fraction": min(1.0, data_wait / step_time),
                   **({"train/grad_norm": float(grad_norm)} if grad_norm is not None else {}),
                   **({"train/max_memory_gb": torch.cuda.max_memory_allocated() / 2**30}
                      if torch.cuda.is_available() else {})})
         self.loss_sum.zero_()
-        self.window_start, self.window_batches = time.perf_counter(), 0
+        mean_loss = loss_sum / self.window_batches
+        self._new_window()
         return mean_loss
 
     def check_finite(self) -> None:
@@ -329,37 +359,65 @@ class Outputs:
         raise NonFiniteError(f"non-finite {what}; {kept} (lower optim.lr or try train.mixed_precision=bf16/no)")
 
     def evaluate(self) -> None:
-        """Validate, log, write ``eval/step_N.json`` and export ``model_best`` when the mIoU is the best."""
+        """Validate, log, print the eval line, write ``eval/step_N.json``, export ``model_best`` when best."""
         cfg, accelerator, state = self.cfg, self.accelerator, self.state
+        start = time.perf_counter()
         self.check_finite()
         result = evaluate(self.model, self.val_loader, accelerator, cfg.model.num_classes, IMAGENET_MEAN,
-                          IMAGENET_STD, mode=cfg.train.eval_mode,
-                          num_examples=cfg.log.num_images if cfg.log.wandb else 0, classes=self.classes)
-        row = val_scalars(result.metrics, self.classes)
-        if cfg.log.wandb and accelerator.is_main_process and not self.stop.terminated:
-            row.update(wandb_media(result.examples, result.confusion, self.classes))
+                          IMAGENET_STD, mode=cfg.train.eval_mode, classes=self.classes, progress=False,
+                          num_examples=cfg.log.num_images if cfg.log.wandb else 0)
+        seconds = time.perf_counter() - start
+        metrics, new_best = result.metrics, result.metrics["mIoU"] > state.best_miou
+        if new_best:
+            state.best_miou, state.best_step = metrics["mIoU"], state.step
+        row = {**val_scalars(metrics, self.classes), BEST_KEY: state.best_miou, "val/seconds": seconds}
+        if self.wandb is not None and not self.stop.terminated:
+            row.update(eval_tables(result.confusion, self.classes, "val"))
+            row["val/examples"] = example_images(result.examples, self.classes)
         self.log(row)
-        state.last_eval = state.step
+        state.last_eval, self.final_miou = state.step, metrics["mIoU"]
         if accelerator.is_main_process:
-            write_eval_files({**result.metrics, "checkpoint": f"step {state.step}", "split": cfg.data.val_split},
+            console(eval_line(state.step, metrics, new_best, seconds))
+            write_eval_files({**metrics, "checkpoint": f"step {state.step}", "split": cfg.data.val_split},
                              self.run_dir / "eval" / f"step_{state.step:08d}.json")
-            if result.metrics["mIoU"] > state.best_miou:
-                state.best_miou = result.metrics["mIoU"]
-                self._export("model_best.safetensors", result.metrics)
+            if new_best:
+                self._export("model_best.safetensors", metrics)
+        self.paused += time.perf_counter() - start
 
     def save(self) -> None:
         """A resumable checkpoint of this step and the ``model_last`` export, after ``check_finite``."""
+        start = time.perf_counter()
         self.check_finite()
         self.state.last_ckpt = self.state.step
         save_checkpoint(self.accelerator, self.run_dir, self.state.step, self.cfg.train.keep_last,
                         train_state_json(self.state, self.scheduler))
         if self.accelerator.is_main_process:
             self._export("model_last.safetensors")
+        self.paused += time.perf_counter() - start
 
     def _export(self, name: str, metrics: dict | None = None) -> None:
-        export_model(self.accelerator.unwrap_model(self.model), self.run_dir / name, self.cfg.model, self.classes,
-                     IMAGENET_MEAN, IMAGENET_STD, self.state.step, metrics,
-                     trained_with={"mixed_precision": self.cfg.train.mixed_precision})
+        """Export a model; with ``log.log_model`` asking for it, log it as a W&B model artifact too."""
+        kind = "best" if name == "model_best.safetensors" else "last"
+        logged = self.wandb is not None and not self.stop.terminated and self.cfg.log.log_model in (kind, "all")
+        source = model_source(self.wandb, self.state.step, logged) if self.wandb is not None else {}
+        path = export_model(self.accelerator.unwrap_model(self.model), self.run_dir / name, self.cfg.model,
+                            self.classes, IMAGENET_MEAN, IMAGENET_STD, self.state.step, metrics,
+                            trained_with={"mixed_precision": self.cfg.train.mixed_precision},
+                            provenance={**self.provenance, "wandb": json.dumps(source)})
+        if logged:
+            log_model_artifact(self.wandb, path, kind, self.state.step, metrics or {},
+                               {"model": dataclasses.asdict(self.cfg.model), **self.provenance})
+
+    def report(self) -> None:
+        """The end-of-run summary, from the main process."""
+        if not self.accelerator.is_main_process:
+            return
+        state = self.state
+        best = (state.best_miou, state.best_step) if state.best_miou >= 0 else None
+        location = run_location(self.wandb) if self.wandb is not None else "W&B: off (log.wandb=false)"
+        models = [self.run_dir / "model_best.safetensors", self.run_dir / "model_last.safetensors"]
+        print("\n".join(summary_lines(best, self.final_miou, time.perf_counter() - self.started, models, location)),
+              flush=True)
 
     def close(self) -> None:
         if self.metrics_log is not None:

@@ -52,7 +52,8 @@ def make_voc(root: Path, num_val: int = 5, max_side: int = 96) -> Path:
 def subprocess_env(tmp_path: Path) -> dict:
     """Environment for CLI subprocesses: one thread, W&B offline and in tmp_path, CPU only."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", WANDB_MODE="offline",
-               WANDB_DIR=str(tmp_path), CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(REPO))
+               WANDB_DIR=str(tmp_path), WANDB_DATA_DIR=str(tmp_path / "wandb-data"), CUDA_VISIBLE_DEVICES="",
+               PYTHONPATH=str(REPO))
     return env
 
 

@@ -3,8 +3,8 @@
 - Model, data, transforms, metrics, losses and the training step are plain PyTorch: they import
   nothing about processes, signals, distributed runs or tracking.
 - Metrics, optim, inference and the model never import ``fcn_dist.data``.
-- ``fcn_dist.config``, ``fcn_dist.labels`` and ``fcn_dist.datafiles`` import no torch (launch scripts and
-  ``--help`` use them).
+- ``fcn_dist.config``, ``labels``, ``datafiles``, ``tracking`` and ``compare`` import no torch at module
+  level (launch scripts, ``--help`` and ``fcn-compare`` use them).
 - ``fcn-*`` ``--help`` and config errors return without importing torch (checked by running them).
 """
 
@@ -21,7 +21,7 @@ PROCESS_MODULES = {"signal", "atexit", "multiprocessing", "torch.distributed", "
 PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "data/check", "metrics",
          "optim", "precision", "engine", "inference", "labels", "files", "datafiles"]
 NO_DATA = ["metrics", "optim", "inference", "model", "labels"]
-NO_TORCH = ["config", "labels", "files", "process", "cli", "datafiles"]
+NO_TORCH = ["config", "labels", "files", "process", "cli", "datafiles", "tracking", "compare"]
 
 
 def _module_file(name: str) -> Path:
@@ -98,8 +98,10 @@ COMMANDS = {
     "fcn-predict": ["--help"],
     "fcn-data": ["--help"],
     "fcn-data ": ["check", "--help"],
+    "fcn-compare": ["--help"],
 }
-ENTRY = {"fcn-train": "train_main", "fcn-eval": "eval_main", "fcn-predict": "predict_main", "fcn-data": "data_main"}
+ENTRY = {"fcn-train": "train_main", "fcn-eval": "eval_main", "fcn-predict": "predict_main", "fcn-data": "data_main",
+         "fcn-compare": "compare_main"}
 
 
 @pytest.mark.parametrize("command, args", list(COMMANDS.items()), ids=lambda v: " ".join(v) if isinstance(v, list) else v.strip())

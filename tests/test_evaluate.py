@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +20,9 @@ from fcn_dist.labels import VOC_CLASSES
 from fcn_dist.data import list_collate
 from fcn_dist.evaluate import evaluate, main, render_confusion
 from fcn_dist.inference import predict_image
-from fcn_dist.metrics import confusion_matrix
+from fcn_dist.metrics import compute_scores, confusion_matrix
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 torch.set_num_threads(1)
 INFO = type("Info", (), {"mean": IMAGENET_MEAN, "std": IMAGENET_STD})()
@@ -118,13 +122,26 @@ def test_cli_torchrun_two_processes_equals_one_process(tmp_path, data, capsys):
     assert code == 0
     two = tmp_path / "two" / "m.json"
     proc = run_torchrun(["-m", "fcn_dist.evaluate", "--checkpoint", ckpt, "--data-root", root, "--output", two,
-                         "--num-workers", "1", "--batch-size", "2", *FP32], tmp_path)
+                         "--num-workers", "1", "--batch-size", "2", "--wandb", *FP32], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("num_images") == 1  # only the main process prints
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["num_images"] == a["num_images"] == 5
     assert b["confusion_matrix"] == a["confusion_matrix"]
     assert b == a
+    from wandb_records import logged_table
+
+    runs = list((two.parent / "wandb").glob("offline-run-*/*.wandb"))  # one W&B run, from the main process
+    assert len(runs) == 1
+    per_image, _ = logged_table(runs[0], "eval/val/per_image")  # every process's images, each once
+    assert sorted(dict(zip(per_image["columns"], v))["labelled_pixels"] for v in per_image["data"]) == sorted(
+        int(cm.sum()) for cm in per_image_cms(ckpt, root))
+
+
+def per_image_cms(ckpt, root) -> list:
+    model, info = load_model(ckpt)
+    val = build_dataset(DataConfig(root=str(root)), "val", train=False)
+    return [confusion_matrix(predict_image(model, info, image), mask, 21) for image, mask in val]
 
 
 def test_cli_fold_bn_changes_float_rounding_only(tmp_path, data, capsys):
@@ -170,16 +187,85 @@ def test_cli_writes_design_json_png_and_table(tmp_path, data, capsys):
     assert "background" in stdout and "tv/monitor" in stdout and f"{metrics['mIoU']:.4f}" in stdout
 
 
-def test_cli_wandb_offline_run(tmp_path, data, capsys, monkeypatch):
+def _files(run_dir: Path, value: dict) -> Path:
+    return run_dir / "files" / value["path"]
+
+
+def test_cli_wandb_logs_eval_keys_chart_and_per_image_table(tmp_path, data, capsys, monkeypatch):
+    """fcn-eval --wandb, read back from the offline run: eval/<split>/* at one step, the confusion chart's
+    counts, and one per-image row per image whose scores recompute from the masks W&B saved."""
+    import wandb
+    from wandb_records import history, logged_table, read_records
+
     ckpt, root = data
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    code, _, _ = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", tmp_path / "m.json",
-                           "--num-workers", "0", "--wandb"], capsys)
+    for name, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_DATA_DIR", str(tmp_path))):
+        monkeypatch.setenv(name, value)
+    wandb.teardown()  # wandb reads its settings once per process
+    code, out, _ = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", tmp_path / "m.json",
+                             "--num-workers", "0", "--wandb", "--split", "val"], capsys)
     assert code == 0
+    metrics = json.loads((tmp_path / "m.json").read_text())
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+    assert len(runs) == 1 and f"wandb sync {runs[0]}" in out
+    run_file = next(runs[0].glob("*.wandb"))
+    run = next(r.run for r in read_records(run_file) if r.WhichOneof("record_type") == "run")
+    assert run.job_type == "eval" and run.display_name == f"{ckpt.parent.name}/model-step7"
+    rows = history(run_file)
+    assert len(rows) == 1  # scalars, tables and media at one step
+    row = rows[0]
+    assert row["train/step"] == 7  # the checkpoint's step: the x-axis of the training run
+    assert row["eval/val/mIoU"] == metrics["mIoU"] and row["eval/val/pixel_accuracy"] == metrics["pixel_accuracy"]
+    assert not any(key.startswith("val/") for key in row)
+
+    chart, _ = logged_table(run_file, "eval/val/confusion_matrix_table")
+    assert chart["columns"] == ["Actual", "Predicted", "nPredictions"]
+    assert sum(r[2] for r in chart["data"]) == sum(map(sum, metrics["confusion_matrix"])) > 0
+    per_class, _ = logged_table(run_file, "eval/val/per_class")
+    assert [r[0] for r in per_class["data"]] == list(VOC_CLASSES)
+    assert [r[1] for r in per_class["data"]] == list(metrics["per_class_IoU"].values())
+    assert row["eval/val/confusion_png/_type"] == "image-file"
+    per_image, files = logged_table(run_file, "eval/val/per_image")
+    assert len(per_image["data"]) == metrics["num_images"] == 5
+    columns = per_image["columns"]
+    for values in per_image["data"]:
+        cell = dict(zip(columns, values))
+        masks = {name: torch.from_numpy(np.array(Image.open(files[cell["image"]["masks"][name]["path"]])))
+                 for name in ("prediction", "label")}
+        assert Image.open(files[cell["image"]["path"]]).format == "JPEG"
+        cm = confusion_matrix(masks["prediction"], masks["label"], 21)
+        assert cell["labelled_pixels"] == int(cm.sum())
+        scores = compute_scores(cm)
+        assert cell["pixel_accuracy"] == int(cm.diagonal().sum()) / int(cm.sum()) == scores["pixel_accuracy"]
+        assert cell["mIoU"] == scores["mIoU"]
+    recounted = sum(dict(zip(columns, v))["labelled_pixels"] for v in per_image["data"])
+    assert recounted == sum(map(sum, metrics["confusion_matrix"]))
+
+
+def test_cli_eval_run_records_the_training_run_and_joins_its_group(tmp_path, data, capsys, monkeypatch):
+    import wandb
+    from wandb_records import read_records
+
+    _, root = data
+    ckpt = tmp_path / "demo-lr0.05" / "model_best.safetensors"
+    export_model(tiny_model(), ckpt, MODEL_CFG, list(VOC_CLASSES), IMAGENET_MEAN, IMAGENET_STD, step=40,
+                 metrics={"mIoU": 0.5}, provenance={"config_fingerprint": "0123456789abcdef", "wandb": json.dumps(
+                     {"run": "team/fcn_dist/abc123", "group": "lr-study", "artifact": "team/fcn_dist/model-abc123:step-40"})})
+    for name, value in (("WANDB_MODE", "offline"), ("WANDB_SILENT", "true"), ("WANDB_DATA_DIR", str(tmp_path))):
+        monkeypatch.setenv(name, value)
+    wandb.teardown()
+    code, _, _ = _run_cli(["--checkpoint", ckpt, "--data-root", root, "--output", tmp_path / "ev" / "m.json",
+                           "--num-workers", "0", "--wandb", "--wandb-images", "2"], capsys)
+    assert code == 0
+    records = read_records(next((tmp_path / "ev" / "wandb").glob("offline-run-*/*.wandb")))
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert (run.run_group, run.project, run.entity, run.display_name) == ("lr-study", "fcn_dist", "team",
+                                                                           "demo-lr0.05/model_best-step40")
+    config = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "config"
+              for u in r.config.update}
+    assert config["train/run"] == "team/fcn_dist/abc123"
+    assert config["train/artifact"] == "team/fcn_dist/model-abc123:step-40"
+    assert config["checkpoint/config_fingerprint"] == "0123456789abcdef" and config["checkpoint/step"] == 40
+    assert config["split"] == "val" and config["mode"] == "whole"
 
 
 def _bad_checkpoints(tmp_path, ckpt):

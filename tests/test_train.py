@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fcn_dist.checkpoint import complete_checkpoints, load_model, verify_checkpoint
+from fcn_dist.checkpoint import complete_checkpoints, load_model, read_metadata, verify_checkpoint
 from fcn_dist.data.synthetic import make_synthetic_voc
 from fcn_dist.train import EXIT_NONFINITE, EXIT_PREEMPTED
 
 sys.path.insert(0, str(Path(__file__).parent))
-from wandb_records import history, run_ids  # noqa: E402
+from wandb_records import artifacts, history, read_records, run_ids  # noqa: E402
 
 HOOKS = str(Path(__file__).parent / "train_hooks.py")
 pytestmark = pytest.mark.slow
@@ -31,6 +31,7 @@ def _env(**extra):
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1",
            "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
+    env.pop("WANDB_RUN_GROUP", None)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -250,3 +251,150 @@ def test_files_get_the_users_umask(voc_root, tmp_path):
     assert len(written) == 6  # one evaluation: its JSON and its confusion PNG
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in written} == {p.name: "0o644" for p in written}
     assert not list(run_dir.rglob("*.tmp"))
+
+
+def _wandb_run(run_dir: Path):
+    """The decoded records of a run directory's (only) offline W&B run: run record, summary, history."""
+    files = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1, files
+    records = read_records(files[0])
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in r.summary.update})
+    return run, summary, history(files[0]), files[0]
+
+
+def test_wandb_runs_compare_group_only_on_request_and_link_models(voc_root, tmp_path):
+    """Acceptance (issue 16): no forced group; job_type and tags; the summary keeps the best mIoU; log_model=best
+    records a model artifact; the eval run of that checkpoint records the training run."""
+    common = {"log.wandb": "true", "train.max_steps": 6, "train.eval_every": 2, "log.every": 2}
+    env = _env(FCN_TEST_MIOU="0.2,0.6,0.4", WANDB_DATA_DIR=tmp_path / "wandb-data")  # the last evaluation is not the best
+    _train(_overrides(voc_root, tmp_path, "lr0.02", **common, **{"log.log_model": "best"}), env=env)
+    _train(_overrides(voc_root, tmp_path, "lr0.05", **common, **{"optim.lr": 0.05}),
+           env=_env(FCN_TEST_MIOU="0.1,0.2,0.3", WANDB_RUN_GROUP="env-group", WANDB_DATA_DIR=tmp_path / "wandb-data"))
+    _train(_overrides(voc_root, tmp_path, "grouped", **{**common, "train.max_steps": 2, "optim.lr": 0.05,
+                                                         "log.group": "lr-study", "log.log_model": "best"}),
+           env=_env(WANDB_DATA_DIR=tmp_path / "wandb-data"))
+
+    run, summary, rows, run_file = _wandb_run(tmp_path / "lr0.02")
+    assert run.run_group == "" and run.job_type == "train" and run.display_name == "lr0.02"
+    assert list(run.tags) == ["fcn32s", "resnet18", "voc", "default"]
+    mious = [row["val/mIoU"] for row in rows if "val/mIoU" in row]
+    assert mious == [0.2, 0.6, 0.4] and mious[-1] != max(mious)
+    assert summary["val/mIoU"] == {"max": max(mious)}
+    assert summary["val/best_mIoU"] == max(mious)  # what configs/sweep.yaml ranks by
+    assert summary["train/loss"] == {"min": min(row["train/loss"] for row in rows if "train/loss" in row)}
+    assert all(row["train/step"] == row["_step"] and "epoch" in row for row in rows)
+    config = {u.key: json.loads(u.value_json) for r in read_records(run_file) if r.WhichOneof("record_type") == "config"
+              for u in r.config.update}
+    assert config["optim.lr"] == 0.02 and config["run/processes"] == 1 and config["run/total_steps"] == 6
+    assert config["run/global_batch"] == 2 and config["run/train_images"] == 16 and config["run/parameters"] > 0
+    assert {"versions/fcn_dist", "versions/torch", "versions/accelerate"} <= set(config)
+    models = [a for a in artifacts(run_file) if a.type == "model"]
+    assert [(a.name, sorted(a.aliases)) for a in models] == [(f"model-{run.run_id}", ["best", "latest", "step-2"]),
+                                                              (f"model-{run.run_id}", ["best", "latest", "step-4"])]
+    assert json.loads(models[-1].metadata)["step"] == 4 and [c.path for c in models[-1].manifest.contents] == [
+        "model_best.safetensors"]
+
+    env_run, _, _, _ = _wandb_run(tmp_path / "lr0.05")
+    assert env_run.run_group == "env-group" and env_run.job_type == "train"  # WANDB_RUN_GROUP, honoured
+    grouped, _, _, grouped_file = _wandb_run(tmp_path / "grouped")
+    assert grouped.run_group == "lr-study" and grouped.job_type == "train"
+    assert sorted(next(a for a in artifacts(grouped_file) if a.type == "model").aliases) == ["best", "latest", "step-2"]
+
+    checkpoint = tmp_path / "grouped" / "model_best.safetensors"
+    meta = read_metadata(checkpoint)
+    assert json.loads(meta["fcn_dist.wandb"]) == {"run": f"fcn_dist/{grouped.run_id}", "group": "lr-study",
+                                                   "artifact": f"fcn_dist/model-{grouped.run_id}:step-2"}
+    assert len(meta["fcn_dist.config_fingerprint"]) == 16
+    proc = subprocess.run([sys.executable, "-m", "fcn_dist.evaluate", "--checkpoint", str(checkpoint), "--data-root",
+                           str(voc_root), "--num-workers", "0", "--wandb", "--output", str(tmp_path / "ev" / "m.json")],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    eval_run, _, eval_rows, eval_file = _wandb_run(tmp_path / "ev")
+    assert eval_run.job_type == "eval" and eval_run.run_group == "lr-study"
+    assert eval_run.display_name == "grouped/model_best-step2"
+    eval_config = {u.key: json.loads(u.value_json) for r in read_records(eval_file)
+                   if r.WhichOneof("record_type") == "config" for u in r.config.update}
+    assert eval_config["train/run"] == f"fcn_dist/{grouped.run_id}"
+    assert eval_config["checkpoint/config_fingerprint"] == meta["fcn_dist.config_fingerprint"]
+    assert [row["train/step"] for row in eval_rows] == [2]
+
+
+@pytest.fixture(scope="module")
+def throughput_runs(tmp_path_factory):
+    """Two runs of 20 steps, W&B off: evaluating every 5 steps (lr 0.02) and not before the end (lr 0.05).
+
+    The val set is large next to a step (12 images up to 160 px against 2 crops of 64), so an evaluation
+    takes several steps' time; 48 training images keep every epoch end past step 20.
+    """
+    root = tmp_path_factory.mktemp("runs")
+    voc = make_synthetic_voc(root / "voc", num_train=48, num_val=12, seed=5, max_side=160)
+    common = {"train.max_steps": 20, "train.epochs": 5, "log.every": 5}
+    procs = {}
+    for name, over in (("eval5", {"train.eval_every": 5}), ("noeval", {"optim.lr": 0.05})):
+        procs[name] = _train(_overrides(voc, root, name, **common, **over))
+    return root, procs
+
+
+def _images_per_sec(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/images_per_sec"] for r in rows if "train/images_per_sec" in r]
+
+
+def test_images_per_sec_counts_training_steps_only(throughput_runs):
+    import statistics
+
+    root, _ = throughput_runs
+    with_eval, without = _images_per_sec(root / "eval5"), _images_per_sec(root / "noeval")
+    assert len(with_eval) == len(without) == 4
+    # Loose (a shared machine is noisy): evaluations take most of eval5's wall clock; counted, they would halve it
+    ratio = statistics.median(with_eval) / statistics.median(without)
+    assert ratio > 0.7, (with_eval, without)
+    rows = [json.loads(line) for line in (root / "eval5" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["train/data_wait_fraction"] <= 1 for r in rows if "train/loss" in r)
+    assert [r["step"] for r in rows if "val/seconds" in r] == [5, 10, 15, 20]
+
+
+def test_console_reports_each_evaluation_and_a_summary_without_cursor_escapes(throughput_runs):
+    import re
+
+    root, procs = throughput_runs
+    out = procs["eval5"].stdout
+    log = out + procs["eval5"].stderr
+    assert "\x1b[A" not in log and "\x1b[" not in log  # a non-TTY log (pipes here, a file under Slurm)
+    lines = [line for line in out.splitlines() if line.startswith("step ")]
+    assert [int(line.split(":")[0].split()[1]) for line in lines] == [5, 10, 15, 20]
+    pattern = r"step \d+: val mIoU \d\.\d{4}, pixel accuracy \d\.\d{4} \(\d+\.\d s\)(, new best)?"
+    assert all(re.fullmatch(pattern, line) for line in lines), lines
+    assert lines[0].endswith(", new best")
+    rows = [json.loads(line) for line in (root / "eval5" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "val/mIoU" in r]
+    best = max(evals, key=lambda r: r["val/mIoU"])
+    summary = out[out.index("done: "):].splitlines()
+    assert summary[0].startswith(f"done: best val mIoU {best['val/mIoU']:.4f} at step {best['step']}, "
+                                 f"final val mIoU {evals[-1]['val/mIoU']:.4f}, ")
+    assert summary[1:] == [f"  {root / 'eval5' / 'model_best.safetensors'}",
+                           f"  {root / 'eval5' / 'model_last.safetensors'}", "  W&B: off (log.wandb=false)"]
+
+
+def test_fcn_compare_on_two_real_runs(throughput_runs, tmp_path):
+    from PIL import Image
+
+    root, _ = throughput_runs
+    png = tmp_path / "curves.png"
+    proc = subprocess.run([sys.executable, "-m", "fcn_dist.compare", str(root / "eval5"), str(root / "noeval"),
+                           "--plot", str(png), "--output", str(tmp_path / "t.md")], capture_output=True, text=True,
+                          env=_env(), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = {line.split("  ")[0]: line.split() for line in proc.stdout.splitlines()}
+    assert lines["optim.lr"][-2:] == ["0.02", "0.05"]
+    for k, name in ((-2, "eval5"), (-1, "noeval")):
+        rows = [json.loads(line) for line in (root / name / "metrics.jsonl").read_text().splitlines()]
+        assert lines["best val mIoU"][k] == f"{max(r['val/mIoU'] for r in rows if 'val/mIoU' in r):.4f}"
+    with Image.open(png) as image:
+        image.verify()
+    with Image.open(png) as image:
+        assert image.format == "PNG" and image.size[0] >= 800

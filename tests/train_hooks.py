@@ -16,6 +16,8 @@ Test-only. Used as ``python tests/train_hooks.py --config ... overrides`` (or un
   or 2x slower, than fp32.
 - ``FCN_TEST_DUMP_WEIGHTS=1``: after each checkpoint, every rank writes its own unwrapped weights
   to ``<run_dir>/rank<r>_step<s>.safetensors``.
+- ``FCN_TEST_MIOU=0.2,0.6,0.4``: the k-th evaluation reports the k-th mIoU (the rest of its metrics
+  are real), so a test can pick where the best evaluation falls.
 """
 
 import collections
@@ -97,6 +99,17 @@ if os.environ.get("FCN_TEST_PROBE"):
 
     bf16_seconds = {"faster": 0.5, "slower": 2.0}[os.environ["FCN_TEST_PROBE"]]
     precision.probe_cpu = lambda backward=True, repeats=4: (1.0, bf16_seconds)
+
+if os.environ.get("FCN_TEST_MIOU"):
+    mious = [float(v) for v in os.environ["FCN_TEST_MIOU"].split(",")]
+    _evaluate = train.evaluate
+
+    def evaluate(*args, **kwargs):
+        result = _evaluate(*args, **kwargs)
+        result.metrics["mIoU"] = mious.pop(0)
+        return result
+
+    train.evaluate = evaluate
 
 if __name__ == "__main__":
     sys.exit(train.main(sys.argv[1:]))

@@ -57,3 +57,19 @@ def history(path: Path) -> list[dict]:
 
 def run_ids(path: Path) -> set[str]:
     return {r.run.run_id for r in read_records(path) if r.WhichOneof("record_type") == "run"}
+
+
+def artifacts(path: Path) -> list:
+    """The artifact records (models, and the tables wandb logs as ``run_table`` artifacts)."""
+    return [r.artifact for r in read_records(path) if r.WhichOneof("record_type") == "artifact"]
+
+
+def logged_table(path: Path, key: str) -> tuple[dict, dict[str, Path]]:
+    """A table logged under ``key``, as ``wandb sync`` would upload it: the ``run_table`` artifact's JSON
+    (media cells with their paths) and ``{path in the artifact: the staged local file}``."""
+    name = f"{key}.table.json"
+    for artifact in reversed(artifacts(path)):
+        files = {entry.path: Path(entry.local_path) for entry in artifact.manifest.contents}
+        if name in files:
+            return json.loads(files[name].read_text()), files
+    raise KeyError(f"no table {key} in {path}")

@@ -79,7 +79,7 @@ def _get(cfg: Config, key: str):
 
 def test_sweep_sweeps_the_four_parameters():
     assert sorted(SWEEP["parameters"]) == ["model.arch", "model.backbone", "optim.lr", "optim.weight_decay"]
-    assert SWEEP["metric"] == {"name": "val/mIoU", "goal": "maximize"}
+    assert SWEEP["metric"] == {"name": "val/best_mIoU", "goal": "maximize"}
 
 
 @pytest.mark.parametrize("key", sorted(SWEEP["parameters"]))
