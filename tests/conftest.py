@@ -1,10 +1,25 @@
-"""Shared pytest fixtures (data)."""
+"""Shared pytest fixtures (data; a clean wandb state between tests)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb_service_left_behind():
+    """After each test: stop any wandb service an in-process test started and forget its address.
+
+    wandb puts its service's socket in ``os.environ["WANDB_SERVICE"]``; left there, every later
+    subprocess (fcn-train, fcn-eval) inherits it and fails to connect once that service is gone.
+    """
+    yield
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+    os.environ.pop("WANDB_SERVICE", None)
 
 
 @pytest.fixture(scope="session")

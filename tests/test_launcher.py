@@ -24,6 +24,12 @@ CHILD = textwrap.dedent("""\
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
     print("child ready", flush=True)
     action, value = sys.argv[1], int(sys.argv[2])
+    # every process starts before any exits (else torch elastic stops the slow one before it is ready)
+    open(f"ready-{os.environ.get('LOCAL_RANK', '0')}", "w").close()
+    deadline = time.monotonic() + 120
+    while (len([n for n in os.listdir(".") if n.startswith("ready-")]) < int(os.environ.get("WORLD_SIZE", "1"))
+           and not stop and time.monotonic() < deadline):
+        time.sleep(0.05)
     if action == "kill":
         os.kill(os.getpid(), value)
     while action == "wait" and not stop:

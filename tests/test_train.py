@@ -350,9 +350,10 @@ def test_images_per_sec_counts_training_steps_only(throughput_runs):
     root, _ = throughput_runs
     with_eval, without = _images_per_sec(root / "eval5"), _images_per_sec(root / "noeval")
     assert len(with_eval) == len(without) == 4
-    # Loose (a shared machine is noisy): evaluations take most of eval5's wall clock; counted, they would halve it
+    # Loose (a shared machine is noisy; 0.70 was seen with two other test runs on the 2 cores): evaluations take
+    # most of eval5's wall clock; counted, they would halve it
     ratio = statistics.median(with_eval) / statistics.median(without)
-    assert ratio > 0.7, (with_eval, without)
+    assert ratio > 0.6, (with_eval, without)
     rows = [json.loads(line) for line in (root / "eval5" / "metrics.jsonl").read_text().splitlines()]
     assert all(0 <= r["train/data_wait_fraction"] <= 1 for r in rows if "train/loss" in r)
     assert [r["step"] for r in rows if "val/seconds" in r] == [5, 10, 15, 20]
