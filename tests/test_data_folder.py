@@ -169,15 +169,18 @@ def test_unparsable_or_missing_classes_yaml_is_named(tmp_path):
         read_class_spec(tmp_path)
 
 
-def _check_data(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "fcn_dist.launcher", "check-data",
+def _check_data(*args: str, flags: tuple = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *flags, "-m", "fcn_dist.launcher", "check-data",
                            str(REPO / "configs" / "folder_demo.yaml"), *args],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def test_check_data_knows_the_folder_layout(sets, tmp_path):
     """The launch scripts' torch-free check: classes.yaml against model.num_classes, pairs, splits; exit 2, one line."""
-    assert _check_data(f"data.root={sets['index']}").returncode == 0
+    good = _check_data(f"data.root={sets['index']}", flags=("-X", "importtime"))
+    assert good.returncode == 0, good.stderr
+    modules = [line.rsplit("|", 1)[-1].strip() for line in good.stderr.splitlines() if line.startswith("import time:")]
+    assert "fcn_dist.folderfiles" in modules and not [m for m in modules if m.split(".")[0] in ("torch", "numpy")]
     root = tmp_path / "set"
     shutil.copytree(sets["index"], root)
     (root / "masks" / "img_00004.png").unlink()

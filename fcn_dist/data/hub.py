@@ -1,8 +1,9 @@
 """HF ``datasets`` sources: the Arrow copy of a VOCdevkit (``data.format=arrow``) and any hub
 image-segmentation dataset (``data.format=hub``).
 
-``prepare_arrow`` (``fcn-data prepare``) converts VOCdevkit splits into a ``DatasetDict`` saved
-with ``save_to_disk``. Columns: ``name`` (image id), ``height``, ``width`` (so the d2l filter
+``prepare_arrow`` (``fcn-data prepare``) converts VOCdevkit splits, or a folder set's
+(``data.format=folder``: masks stored as class ids, class names in ``OUT/classes.yaml``), into a
+``DatasetDict`` saved with ``save_to_disk``. Columns: ``name`` (image id), ``height``, ``width`` (so the d2l filter
 reads no pixels), ``image`` and ``mask`` in one of two forms:
 
 - encoded (the default): ``datasets.Image`` columns holding the original JPEG and PNG bytes,
