@@ -154,7 +154,8 @@ def check_data_root(data_cfg, num_classes: Optional[int] = None) -> Optional[str
 
     Args:
         data_cfg: ``fcn_dist.config.DataConfig``.
-        num_classes: ``model.num_classes``, checked against a folder set's classes.yaml.
+        num_classes: ``model.num_classes``, checked against the data's classes (``data.classes``,
+            a folder set's or an Arrow copy's classes.yaml), as ``build_dataloaders`` does.
 
     Returns:
         The one-line message fcn-train would give, or None.
@@ -177,6 +178,10 @@ def check_data_root(data_cfg, num_classes: Optional[int] = None) -> Optional[str
                 if find_split(present, split) is None:
                     raise DataError(f"{data_cfg.root} has no split {split!r} (splits: {', '.join(present)}); "
                                     "set data.train_split / data.val_split")
+        if num_classes is not None and data_cfg.format != "folder":
+            from .folderfiles import checked_classes
+
+            checked_classes(data_cfg, num_classes)  # data.classes (an Arrow copy's classes.yaml) against it
     except (DataError, ConfigError) as err:  # ConfigError: a folder set's classes against model.num_classes
         return str(err)
     return None
