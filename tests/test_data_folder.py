@@ -327,3 +327,31 @@ def test_a_model_of_other_classes_is_refused(sets):
         build_reader(_cfg(sets["index"], classes=["a", "b"]), "val")
     cfg = load_config(None, [f"data.root={sets['index']}", "data.format=folder", "model.num_classes=7"])
     assert resolve_classes(cfg).data.classes == list(FOLDER_CLASSES)
+
+
+def test_index_values_that_are_no_class_are_named_unless_remapped(sets, tmp_path):
+    root = tmp_path / "set"
+    shutil.copytree(sets["index"], root)
+    path = root / "masks" / "img_00000.png"
+    mask = np.asarray(Image.open(path)).copy()
+    mask[0, :3] = 9  # no class 9 among 7
+    Image.fromarray(mask).save(path)
+    with pytest.raises(DataError, match=rf"^{path}: mask values \[9\] are not class ids 0..6 nor the ignore value 255 "):
+        build_reader(_cfg(root), "train")[0]
+    # a remap of every class id to itself and 9 to class 1: the row becomes class 1, nothing else changes
+    identity = ", ".join(f"{k}: {k}" for k in range(len(FOLDER_CLASSES)))
+    (root / "classes.yaml").write_text(f"classes: {list(FOLDER_CLASSES)}\nremap: {{{identity}, 9: 1}}\n")
+    want = _expected()["img_00000"].copy()
+    want[0, :3] = 1
+    np.testing.assert_array_equal(build_reader(_cfg(root), "train")[0][1].numpy(), want)
+
+
+def test_check_warns_about_images_in_both_train_and_val(sets, tmp_path, capsys):
+    root = tmp_path / "set"
+    shutil.copytree(sets["index"], root)
+    (root / "splits" / "val.txt").write_text("img_00000\nimg_00006\nimg_00007\nimg_00008\n")
+    code, out, err = _run(["check", "--data-root", root], capsys)
+    assert code == 0, out + err
+    assert [line for line in out.splitlines() if line.startswith("warning: ")] == [
+        f"warning: {root / 'splits'}: 1 image(s) are in both 'train' and 'val' (first: img_00000): validation then "
+        "scores images the model trained on"]
