@@ -123,14 +123,16 @@ def _names(path: Path, value: Any) -> tuple[str, ...]:
 
 def _colours(path: Path, value: Any, num_classes: int) -> tuple[Colour, ...]:
     if not isinstance(value, list) or not all(_colour(c) for c in value):
-        raise _bad(path, "colors", f"must be a list of [R, G, B] colours (integers 0-255), one per class, not {value!r}")
+        raise _bad(path, "colors", f"must be a list of [R, G, B] colours (integers 0-255), one per class, "
+                                   f"not {value!r}")
     if len(value) != num_classes:
         raise _bad(path, "colors", f"has {len(value)} colours for {num_classes} classes: give one [R, G, B] per class, "
                                    "in class order")
     colours = tuple(tuple(c) for c in value)
     repeated = sorted({c for c in colours if colours.count(c) > 1})
     if repeated:
-        raise _bad(path, "colors", f"gives {list(repeated[0])} to more than one class: every class needs its own colour")
+        raise _bad(path, "colors", f"gives {list(repeated[0])} to more than one class: every class needs its own "
+                                   "colour")
     return colours
 
 
@@ -435,11 +437,6 @@ def split_stems(scan: FolderScan, split: str, val_fraction: float, seed: int, st
     return _read_split_file(files[split])
 
 
-def split_names(root: Union[str, os.PathLike]) -> list[str]:
-    """The split names of a folder set: its split files', or ``train`` and ``val``."""
-    return list(split_files(root)) or list(FRACTION_SPLITS)
-
-
 # ---- classes ----------------------------------------------------------------------------------
 
 def class_source(data_cfg) -> Optional[Path]:
@@ -470,11 +467,20 @@ def data_classes(data_cfg) -> list[str]:
     source = class_source(data_cfg)
     if source is None:
         return class_names(data_cfg.classes)
-    names = list(read_class_spec(source.parent).names)
-    if data_cfg.classes and list(data_cfg.classes) != names:
-        raise DataError(f"{source} names the classes {preview_names(names)}, the model {preview_names(list(data_cfg.classes))}: "
-                        "use a model trained on this set's classes.yaml")
-    return names
+    spec = read_class_spec(source.parent)
+    check_model_classes(spec, data_cfg.classes)
+    return list(spec.names)
+
+
+def check_model_classes(spec: ClassSpec, classes: Optional[Sequence[str]]) -> None:
+    """``classes`` (the model's, when given: fcn-eval passes the checkpoint's) must be the class file's names.
+
+    Raises:
+        DataError: they differ.
+    """
+    if classes and list(classes) != list(spec.names):
+        raise DataError(f"{spec.path} names the classes {preview_names(list(spec.names))}, the model "
+                        f"{preview_names(list(classes))}: use a model trained on this set's classes.yaml")
 
 
 def checked_classes(data_cfg, num_classes: int) -> list[str]:

@@ -24,7 +24,7 @@ import torch
 
 from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..datafiles import DataError
-from ..folderfiles import MAX_MASK_VALUE, ClassSpec, preview_names, read_class_spec, scan_folder, split_stems
+from ..folderfiles import MAX_MASK_VALUE, ClassSpec, check_model_classes, read_class_spec, scan_folder, split_stems
 from ..labels import IGNORE_INDEX
 from .voc import Source, image_size, open_image, read_image, to_tensors
 
@@ -119,17 +119,6 @@ def _code(colour: Sequence[int]) -> int:
     return (colour[0] << 16) | (colour[1] << 8) | colour[2]
 
 
-def check_classes(spec: ClassSpec, classes: Optional[Sequence[str]]) -> None:
-    """``classes`` (the model's, when given) must be the class file's names.
-
-    Raises:
-        DataError: they differ.
-    """
-    if classes and list(classes) != list(spec.names):
-        raise DataError(f"{spec.path} names the classes {preview_names(list(spec.names))}, the model "
-                        f"{preview_names(list(classes))}: use a model trained on this set's classes.yaml")
-
-
 class FolderSegmentation(torch.utils.data.Dataset):
     """The folder-layout reader: one item per image of a split.
 
@@ -161,7 +150,7 @@ class FolderSegmentation(torch.utils.data.Dataset):
         if not self.root.is_dir():
             scan.raise_first()
         self.spec = read_class_spec(self.root)
-        check_classes(self.spec, classes)
+        check_model_classes(self.spec, classes)
         scan.raise_first()
         self.ids = split_stems(scan, split, val_fraction, split_seed)
         self.images = [scan.images[s] for s in self.ids]
