@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
-from .config import (DEFAULT_MAX_IMAGE_PIXELS, INFERENCE_MODES, ConfigError, InferenceOptions, config_reference,
-                     load_config)
+from .config import (DEFAULT_MAX_IMAGE_PIXELS, INFERENCE_MODES, ConfigError, DataConfig, InferenceOptions,
+                     config_reference, load_config)
 from .labels import IGNORE_INDEX, VOC_CLASSES
 from .process import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PARTIAL, EXIT_PREEMPTED, fail
 
@@ -51,11 +51,13 @@ def in_cli_terms(message: str, terms: Mapping[str, str]) -> str:
 
 
 DATA_TERMS = {"data.root": "--data-root", "data.max_image_pixels": "--max-image-pixels",
-              "data.classes": "--num-classes", "data.train_split / data.val_split": "--split"}
+              "data.classes": "--num-classes", "data.train_split / data.val_split": "--split",
+              "data.val_fraction": "--val-fraction", "data.split_seed": "--split-seed"}
 """How fcn-data words the readers' config keys."""
 EVAL_TERMS = {"data.root": "--data-root", "data.format": "--data-format",
               "data.max_image_pixels": "--max-image-pixels", "data.classes": "a --checkpoint trained with them",
-              "data.train_split / data.val_split": "--split", "data.val_split": "--split"}
+              "data.train_split / data.val_split": "--split", "data.val_split": "--split",
+              "data.val_fraction": "--val-fraction", "data.split_seed": "--split-seed"}
 """How fcn-eval words them (its classes are the checkpoint's)."""
 PREDICT_TERMS = {"data.max_image_pixels": "--max-image-pixels"}
 """How fcn-predict words them."""
@@ -121,6 +123,24 @@ def _pixels(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text} must be >= 1")
     return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be between 0 and 1 (exclusive)")
+    return value
+
+
+def add_folder_split_args(parser: argparse.ArgumentParser) -> None:
+    """``--val-fraction`` and ``--split-seed``: the split of a folder set without split files, as the config's."""
+    default = DataConfig()
+    parser.add_argument("--val-fraction", type=_fraction, default=default.val_fraction, metavar="F",
+                        help="folder sets without splits/*.txt: the share of images in 'val', as data.val_fraction "
+                             "(give the training run's; default: %(default)s)")
+    parser.add_argument("--split-seed", type=int, default=default.split_seed, metavar="N",
+                        help="folder sets without splits/*.txt: the split's seed, as data.split_seed "
+                             "(default: %(default)s)")
 
 
 def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
@@ -192,10 +212,13 @@ def eval_parser() -> argparse.ArgumentParser:
                "yours, or bad arguments.")
     parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
     parser.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, the VOC2012 folder, "
-                        "or an Arrow dataset (--data-format arrow)")
-    parser.add_argument("--data-format", choices=("voc", "arrow"), default="voc",
-                        help="dataset reader (default: %(default)s)")
+                        "images/ + masks/ + classes.yaml (--data-format folder), or an Arrow dataset "
+                        "(--data-format arrow)")
+    parser.add_argument("--data-format", choices=("voc", "folder", "arrow"), default="voc",
+                        help="dataset reader (default: %(default)s); folder and an Arrow copy of a folder set "
+                             "check the checkpoint's classes against the set's classes.yaml")
     parser.add_argument("--split", default="val", help="split to evaluate (default: %(default)s)")
+    add_folder_split_args(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="images per process per step; images of one "
                         "size in a batch share a forward pass (default: %(default)s)")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers per process "
@@ -292,29 +315,36 @@ def _side(text: str) -> int:
 
 
 def data_parser() -> argparse.ArgumentParser:
-    num_classes_help = f"mask values must be < this or {IGNORE_INDEX} (default: {len(VOC_CLASSES)})"
+    num_classes_help = (f"mask values must be < this or {IGNORE_INDEX} (default: a folder set's or Arrow copy's "
+                        f"classes.yaml, else {len(VOC_CLASSES)})")
     parser = argparse.ArgumentParser(
         prog="fcn-data", description="Prepare an Arrow copy of VOC, write the synthetic set, validate a dataset.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  fcn-data synth --out data/synthetic --train 200 --val 40\n"
                "  fcn-data check --data-root data/VOCdevkit\n"
-               "  fcn-data prepare --data-root data --out data/voc_arrow --splits train val\n\n"
+               "  fcn-data prepare --data-root data --out data/voc_arrow --splits train val\n"
+               "  fcn-data synth --layout folder --out data/folder_demo --train 160 --val 24 --max-side 192\n"
+               "  fcn-data check --data-root data/folder_demo    # images/ masks/ classes.yaml [splits/]\n\n"
                f"exit codes: 0 success; {EXIT_PARTIAL} check found problems, or bad input.\n"
                "Run `fcn-data COMMAND --help` for the options of each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     prepare = sub.add_parser(
-        "prepare", help="convert VOCdevkit splits to an Arrow dataset (data.format=arrow)",
-        description="Validate and convert VOCdevkit splits into a datasets.DatasetDict saved with save_to_disk "
-                    "(original JPEG/PNG bytes, or raw pixels with --decoded; memory-mapped when read). Train "
+        "prepare", help="convert VOCdevkit or folder-set splits to an Arrow dataset (data.format=arrow)",
+        description="Validate and convert VOCdevkit splits, or a folder set's (images/, masks/, classes.yaml), "
+                    "into a datasets.DatasetDict saved with save_to_disk (original JPEG/PNG bytes, or raw pixels "
+                    "with --decoded; memory-mapped when read). A folder set's masks are stored as class ids "
+                    "(after its colors or remap) and its classes.yaml's names go to OUT/classes.yaml. Train "
                     "with data.format=arrow data.root=OUT.")
-    prepare.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, or VOC2012 itself")
+    prepare.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, VOC2012 itself, or "
+                                                            "a folder set (images/, masks/, classes.yaml)")
     prepare.add_argument("--out", required=True, help="output folder; it must not exist (nothing is ever replaced)")
     prepare.add_argument("--splits", nargs="+", default=["train", "val"],
-                         help="split names from ImageSets/Segmentation; train_aug uses SegmentationClassAug "
-                              "(default: train val)")
-    prepare.add_argument("--num-classes", type=int, default=len(VOC_CLASSES), help=num_classes_help)
+                         help="split names from ImageSets/Segmentation (train_aug uses SegmentationClassAug) or a "
+                              "folder set's splits/ (default: train val)")
+    prepare.add_argument("--num-classes", type=int, default=None, help=num_classes_help)
+    add_folder_split_args(prepare)
     prepare.add_argument("--decoded", action="store_true",
                          help="store decoded uint8 pixels instead of the JPEG/PNG files: reads skip decoding "
                               "(~9x faster per image) at ~12x the disk and page cache; for CPU-bound loaders "
@@ -322,11 +352,25 @@ def data_parser() -> argparse.ArgumentParser:
     add_max_pixels_arg(prepare)
 
     synth = sub.add_parser(
-        "synth", help="write the synthetic VOC-layout dataset",
-        description="Write OUT/VOCdevkit/VOC2012: JPEGs of mixed sizes, palette PNG masks with void borders, "
-                    "split files. The same arguments write byte-identical files.")
+        "synth", help="write the synthetic dataset (VOC or folder layout)",
+        description="Write OUT/VOCdevkit/VOC2012 (--layout voc): JPEGs of mixed sizes, palette PNG masks with void "
+                    "borders, split files. --layout folder writes the same pictures as OUT/images/, OUT/masks/, "
+                    "OUT/classes.yaml (background and six shapes) and OUT/splits/, for data.format=folder. The "
+                    "same arguments write byte-identical files.")
     synth.add_argument("--out", required=True, help="output folder (the set goes to OUT/VOCdevkit/VOC2012, which "
-                                                     "must not exist)")
+                                                     "must not exist; --layout folder: OUT itself, which must not "
+                                                     "exist)")
+    synth.add_argument("--layout", choices=("voc", "folder"), default="voc",
+                       help="voc (VOCdevkit) or folder (images/ masks/ classes.yaml splits/) (default: %(default)s)")
+    synth.add_argument("--mask-format", choices=("index", "rgb"), default="index",
+                       help="--layout folder: index PNGs of class ids, or RGB PNGs in class colours with a void "
+                            "colour (classes.yaml gets colors and void_color) (default: %(default)s)")
+    synth.add_argument("--remap", action="store_true",
+                       help="--layout folder: masks hold other ids (as Cityscapes' label ids), which classes.yaml's "
+                            "remap maps to class ids; void stored as its ignore value and as unmapped ids")
+    synth.add_argument("--no-split-files", action="store_true",
+                       help="--layout folder: write no splits/; readers then split by --val-fraction / "
+                            "data.val_fraction")
     synth.add_argument("--train", type=_count, default=200, help="training images (default: 200)")
     synth.add_argument("--val", type=_count, default=40, help="validation images (default: 40)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
@@ -337,24 +381,33 @@ def data_parser() -> argparse.ArgumentParser:
         description="Decode every image and mask of the splits that training and evaluation read and report "
                     "every problem, one line each: missing root, split file or listed file; empty split; corrupt "
                     "or truncated file; an image above --max-image-pixels; mask size differing from its image; "
-                    f"mask values outside 0..C-1 and not {IGNORE_INDEX}; RGB masks with non-VOC colours. Then "
-                    "warnings (images with an EXIF orientation, which are read as stored; very large images) and, "
-                    "per split, the images, their range of sizes and the pixels per class. Exits 1 if there is "
-                    "any problem, 0 otherwise (warnings too). DATA_ROOT may also be an Arrow dataset from "
-                    "`fcn-data prepare`.")
+                    f"mask values outside 0..C-1 and not {IGNORE_INDEX}; RGB masks with non-VOC colours. A folder "
+                    "set (images/, masks/, classes.yaml) adds a malformed classes.yaml field, an image without "
+                    "mask, a mask without image, a split-file stem without image, an image in no split file, and "
+                    "mask values or colours that classes.yaml does not describe. Then warnings (images with an EXIF "
+                    "orientation, which are read as stored; very large images) and, per split, the images, their "
+                    "range of sizes and the pixels per class. Exits 1 if there is any problem, 0 otherwise "
+                    "(warnings too). DATA_ROOT may also be an Arrow dataset from `fcn-data prepare`.")
     check.add_argument("--data-root", required=True, help="folder holding VOCdevkit/VOC2012, VOC2012 itself, "
-                                                          "or a prepared Arrow dataset")
+                                                          "a folder set, or a prepared Arrow dataset")
     check.add_argument("--split", nargs="+", default=None,
                        help="splits to check (default: train and val, which fcn-train and fcn-eval read unless "
                             "told otherwise, a missing one being a problem, and every other split present)")
-    check.add_argument("--num-classes", type=int, default=len(VOC_CLASSES), help=num_classes_help)
+    check.add_argument("--num-classes", type=int, default=None, help=num_classes_help)
+    add_folder_split_args(check)
     add_max_pixels_arg(check)
     return parser
 
 
 def data_main(argv: Optional[Sequence[str]] = None) -> int:
     """``fcn-data``; returns the exit code."""
-    args = data_parser().parse_args(argv)
+    parser = data_parser()
+    args = parser.parse_args(argv)
+    if args.command == "synth" and args.layout == "voc" and (args.mask_format != "index" or args.remap
+                                                             or args.no_split_files):
+        parser.error("--mask-format, --remap and --no-split-files are for --layout folder")
+    if args.command == "synth" and args.remap and args.mask_format == "rgb":
+        parser.error("--remap is for index masks: RGB masks map colours to classes (--mask-format index)")
     from .data.cli import run
 
     return run(args)

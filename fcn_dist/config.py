@@ -124,15 +124,19 @@ class DataConfig:
     """Where the data comes from and how batches are made."""
 
     root: str = "data"
-    """Dataset folder: one holding VOCdevkit/VOC2012, the VOC2012 folder itself, an Arrow dataset (format=arrow), or the synthetic cache (format=synthetic)."""
+    """Dataset folder: one holding VOCdevkit/VOC2012, the VOC2012 folder itself, images/ + masks/ + classes.yaml (format=folder), an Arrow dataset (format=arrow), or the synthetic cache (format=synthetic)."""
     format: str = "voc"
-    """Reader: voc (VOCdevkit), arrow (fcn-data prepare output), hub (any datasets image-segmentation set) or synthetic (generated on first use)."""
+    """Reader: voc (VOCdevkit), folder (your own images/ and masks/ with a classes.yaml; README "Your own data"), arrow (fcn-data prepare output), hub (any datasets image-segmentation set) or synthetic (generated on first use)."""
     download: bool = False
     """Download VOC2012 into data.root with torchvision's code when it is missing (needs network)."""
     train_split: str = "train"
     """Training split file name in ImageSets/Segmentation (train_aug reads SBD's SegmentationClassAug)."""
     val_split: str = "val"
     """Validation split name."""
+    val_fraction: float = 0.1
+    """format=folder without split files (splits/*.txt): the share of images in 'val', chosen by a hash of data.split_seed and each stem; the rest is 'train'."""
+    split_seed: int = 0
+    """format=folder without split files: the seed of that choice (same seed and stems, same split, on any machine)."""
     crop_size: list[int] = field(default_factory=lambda: [320, 480])
     """Training crop [H, W]."""
     scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
@@ -160,7 +164,7 @@ class DataConfig:
     hub_mask_column: str = "mask"
     """format=hub: the column holding class-index masks."""
     classes: Optional[list[str]] = None
-    """Class names; null means the 21 VOC classes."""
+    """Class names; null means the 21 VOC classes (format=folder: the names of its classes.yaml, filled in by fcn-train)."""
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     """Largest image (or mask) accepted, width x height; a larger file is a data error naming it, found from its header before any pixel is decoded (default: Pillow's decompression-bomb limit)."""
     synthetic_train: int = 200
@@ -174,7 +178,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_finite("data", self)
-        _check_choice("data", "format", self.format, ("voc", "arrow", "hub", "synthetic"))
+        _check_choice("data", "format", self.format, ("voc", "folder", "arrow", "hub", "synthetic"))
+        if not 0 < self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction={self.val_fraction!r} must be between 0 and 1 (exclusive)")
         _check_choice("data", "preset", self.preset, ("train", "d2l"))
         _check_choice("data", "resize_on", self.resize_on, ("loader", "device"))
         if len(self.crop_size) != 2 or min(self.crop_size) < 32:

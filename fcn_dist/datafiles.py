@@ -1,7 +1,8 @@
 """Data on disk, without torch: ``DataError``, the VOCdevkit layout and the launch scripts' data check.
 
 Owns where a dataset's files are (``find_voc_root``, ``resolve_voc_root``, split files, mask
-folders, the Arrow copy's ``dataset_dict.json``) and ``check_data_root(data_cfg)``, the check
+folders, the Arrow copy's ``dataset_dict.json``; the folder layout is ``fcn_dist.folderfiles``)
+and ``check_data_root(data_cfg)``, the check
 that ``python -m fcn_dist.launcher check-data`` runs in a batch shell before any ``srun``. The
 readers in ``fcn_dist.data`` use the same functions, so a launch script and fcn-train say the
 same thing about the same folder.
@@ -141,24 +142,33 @@ def find_split(present, split: str) -> Optional[str]:
     return next((name for name in (split, *SPLIT_ALIASES.get(split, ())) if name in present), None)
 
 
-def check_data_root(data_cfg) -> Optional[str]:
+def check_data_root(data_cfg, num_classes: Optional[int] = None) -> Optional[str]:
     """What would stop training from finding its data, found without reading any image; None if nothing.
 
     ``data.format=voc``: the VOC2012 folder and the split files of ``data.train_split`` and
     ``data.val_split`` (skipped with ``data.download=true``, which fetches it). ``arrow``: the
-    dataset and both splits. ``synthetic`` is generated on first use and ``hub`` may be a hub
-    name: neither is checked. Used by the launch scripts before ``srun`` (a missing root
-    otherwise fails every rank at once, seconds later, inside the job).
+    dataset and both splits. ``folder``: classes.yaml, every image paired with its mask, and
+    both splits (``fcn_dist.folderfiles.check_folder_root``). ``synthetic`` is generated on first
+    use and ``hub`` may be a hub name: neither is checked. Used by the launch scripts before
+    ``srun`` (a missing root otherwise fails every rank at once, seconds later, inside the job).
 
     Args:
         data_cfg: ``fcn_dist.config.DataConfig``.
+        num_classes: ``model.num_classes``, checked against the data's classes (``data.classes``,
+            a folder set's or an Arrow copy's classes.yaml), as ``build_dataloaders`` does.
 
     Returns:
         The one-line message fcn-train would give, or None.
     """
+    from .config import ConfigError
+
     splits = list(dict.fromkeys((data_cfg.train_split, data_cfg.val_split)))
     try:
-        if data_cfg.format == "voc" and not data_cfg.download:
+        if data_cfg.format == "folder":
+            from .folderfiles import check_folder_root
+
+            check_folder_root(data_cfg, num_classes)
+        elif data_cfg.format == "voc" and not data_cfg.download:
             voc = resolve_voc_root(data_cfg.root)
             for split in splits:
                 read_split(voc, split)
@@ -168,6 +178,10 @@ def check_data_root(data_cfg) -> Optional[str]:
                 if find_split(present, split) is None:
                     raise DataError(f"{data_cfg.root} has no split {split!r} (splits: {', '.join(present)}); "
                                     "set data.train_split / data.val_split")
-    except DataError as err:
+        if num_classes is not None and data_cfg.format != "folder":
+            from .folderfiles import checked_classes
+
+            checked_classes(data_cfg, num_classes)  # data.classes (an Arrow copy's classes.yaml) against it
+    except (DataError, ConfigError) as err:  # ConfigError: a folder set's classes against model.num_classes
         return str(err)
     return None

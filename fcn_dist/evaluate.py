@@ -383,7 +383,8 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def _build_loader(args: argparse.Namespace, classes: list[str]):
     data_cfg = DataConfig(root=args.data_root, format=args.data_format, classes=list(classes),
-                          num_workers=args.num_workers, max_image_pixels=args.max_image_pixels)
+                          num_workers=args.num_workers, max_image_pixels=args.max_image_pixels,
+                          val_fraction=args.val_fraction, split_seed=args.split_seed)
     dataset = build_dataset(data_cfg, args.split, train=False)
     return torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=False, collate_fn=list_collate,
                                        **loader_kwargs(data_cfg, loader_worker_init()))

@@ -13,7 +13,8 @@
 ``check-data``
     Loads the config the same way, then checks that its data is there without reading an image
     (``fcn_dist.datafiles.check_data_root``: the data root's layout and the split files of
-    ``data.train_split`` and ``data.val_split``). No torch either. Exit 0, or exit 2 with the one
+    ``data.train_split`` and ``data.val_split``; for ``data.format=folder`` also classes.yaml
+    against ``model.num_classes``, and every image paired with its mask). No torch either. Exit 0, or exit 2 with the one
     line fcn-train would print (``data root /x does not exist: ...``): on several nodes that line
     would otherwise come seconds later, from every rank at once, among the survivors' errors.
 
@@ -71,7 +72,8 @@ def check_data(config: str, overrides: Sequence[str]) -> int:
     from fcn_dist.datafiles import check_data_root
 
     try:
-        problem = check_data_root(load_config(config, list(overrides)).data)
+        cfg = load_config(config, list(overrides))
+        problem = check_data_root(cfg.data, cfg.model.num_classes)
     except ConfigError as err:
         problem = str(err)
     if problem:

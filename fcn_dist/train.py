@@ -38,6 +38,7 @@ from fcn_dist.data import build_dataloaders
 from fcn_dist.data.voc import DataError
 from fcn_dist.engine import train_step
 from fcn_dist.evaluate import evaluate, write_eval_files
+from fcn_dist.folderfiles import resolve_classes
 from fcn_dist.labels import class_names
 from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from fcn_dist.optim import build_optimizer, build_scheduler
@@ -130,6 +131,7 @@ def _end(accelerator: Accelerator, stop: StopFlag) -> None:
 
 
 def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
+    cfg = resolve_classes(cfg)  # a folder set's classes.yaml names its classes: config.yaml and exports record them
     run_dir = cfg.run_dir()
     if cfg.train.resume == "never" and complete_checkpoints(run_dir):  # before anything in it is touched
         raise CheckpointError(f"{run_dir} already holds checkpoints and train.resume=never: use train.resume=auto "

@@ -18,10 +18,10 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fcn_dist"
 
 PROCESS_MODULES = {"signal", "atexit", "multiprocessing", "torch.distributed", "accelerate", "wandb"}
-PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "data/check", "metrics",
-         "optim", "precision", "engine", "inference", "labels", "files", "datafiles"]
+PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "data/check", "data/folder",
+         "metrics", "optim", "precision", "engine", "inference", "labels", "files", "datafiles", "folderfiles"]
 NO_DATA = ["metrics", "optim", "inference", "model", "labels"]
-NO_TORCH = ["config", "labels", "files", "process", "cli", "datafiles", "tracking", "compare"]
+NO_TORCH = ["config", "labels", "files", "process", "cli", "datafiles", "folderfiles", "tracking", "compare"]
 
 
 def _module_file(name: str) -> Path:

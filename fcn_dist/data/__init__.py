@@ -1,6 +1,6 @@
 """Datasets and loaders: one entry point for every data source of a config.
 
-``build_dataset`` reads ``data.format`` (voc, arrow, hub, synthetic), applies the preset
+``build_dataset`` reads ``data.format`` (voc, folder, arrow, hub, synthetic), applies the preset
 (``fcn_dist.data.transforms``) and, for the d2l preset, drops images smaller than the crop using
 sizes from image headers. ``build_dataloaders`` makes the train and val DataLoaders. Items are
 always ``(image uint8 (3, H, W), mask uint8 (H, W))`` with 255 = void kept; normalisation is
@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
-from ..labels import class_names
+from ..folderfiles import checked_classes, data_classes
 from .transforms import AugmentedDataset, WindowScaleCrop, build_transforms
 from ..datafiles import DataError, find_voc_root
 from .voc import VOCSegmentation, download_voc
@@ -36,7 +36,10 @@ def build_reader(data_cfg, split: str):
         A dataset of ``(image uint8 (3, H, W), mask uint8 (H, W))`` with a ``sizes()`` method
         giving every image's (H, W) without decoding it.
     """
-    num_classes = len(class_names(data_cfg.classes))
+    if data_cfg.format == "folder":
+        from .folder import load_folder
+        return load_folder(data_cfg, split)
+    num_classes = len(data_classes(data_cfg))
     if data_cfg.format == "arrow":
         from .hub import load_arrow
         return load_arrow(data_cfg.root, split, num_classes, data_cfg.max_image_pixels)
@@ -198,14 +201,10 @@ def build_dataloaders(cfg, worker_init_fn: Optional[Callable[[int], None]] = Non
 
     Raises:
         DataError: bad data, or fewer training images than one batch.
-        ConfigError: ``model.num_classes`` differs from the number of class names.
+        ConfigError: ``model.num_classes`` differs from the number of class names (``data.classes``,
+            or a folder set's classes.yaml).
     """
-    from fcn_dist.config import ConfigError
-
-    names = class_names(cfg.data.classes)
-    if cfg.model.num_classes != len(names):
-        raise ConfigError(f"model.num_classes={cfg.model.num_classes} but the data has {len(names)} classes "
-                          f"(data.classes); make them equal")
+    checked_classes(cfg.data, cfg.model.num_classes)
     train_set = build_dataset(cfg.data, cfg.data.train_split, train=True, seed=cfg.train.seed)
     if len(train_set) < cfg.data.batch_size:
         raise DataError(f"split {cfg.data.train_split!r} of {cfg.data.root} has {len(train_set)} usable images, "

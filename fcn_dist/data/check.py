@@ -13,7 +13,11 @@
 - per split: images, the range of heights and widths, pixels per class.
 
 The Arrow reader (``fcn_dist.data.hub.ArrowSegmentation.check``) fills the same report with the
-same per-sample check, ``check_sample``.
+same per-sample check, ``check_sample``; ``check_folder`` checks a folder set (``data.format=folder``)
+the same way, its masks decoded as its classes.yaml says, and adds the folder layout's problems:
+a malformed classes.yaml field, an image without mask, a mask without image, a file of another
+type, a split-file stem without image, an image in no split file; and a warning for images in
+both the train and the val split.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -65,16 +69,17 @@ class SplitSummary:
         if pixels is not None:
             self.pixels += pixels
 
-    def line(self, num_classes: int) -> str:
+    def line(self, num_classes: int, classes: Optional[Sequence[str]] = None) -> str:
         """``split 'train': 12 images, height 57-96, width 64-96; pixels per class: background 1,234 (61.0%), ...``.
 
-        Pixels are counted over the samples whose image and mask both decode at one size.
+        Pixels are counted over the samples whose image and mask both decode at one size; classes
+        are named by ``classes`` (a folder set's), else by ``labels.class_names``' fallback.
         """
         unread = f" ({self.images - self.decoded} unreadable)" if self.decoded < self.images else ""
         sizes = (f", height {self.heights[0]}-{self.heights[1]}, width {self.widths[0]}-{self.widths[1]}"
                  if self.decoded else "")
         total = int(self.pixels.sum())
-        names = {**dict(enumerate(class_names(None, num_classes))), IGNORE_INDEX: "void"}
+        names = {**dict(enumerate(class_names(classes, None if classes else num_classes))), IGNORE_INDEX: "void"}
         shares = ", ".join(f"{names.get(k, k)} {int(n):,} ({100 * n / total:.1f}%)"
                            for k, n in enumerate(self.pixels) if n)
         images = f"{self.images} image{'' if self.images == 1 else 's'}"
@@ -88,6 +93,8 @@ class CheckReport:
     problems: list[str] = dataclasses.field(default_factory=list)
     warnings: list[str] = dataclasses.field(default_factory=list)
     splits: list[SplitSummary] = dataclasses.field(default_factory=list)
+    classes: Optional[list[str]] = None
+    """The class names, when the data names them (a folder set's classes.yaml)."""
 
 
 @dataclasses.dataclass
@@ -115,7 +122,7 @@ def _image_warnings(name: str, image: np.ndarray, orientation: int) -> list[str]
 
 
 def _check_sample(image_src: Source, mask_src: Source, names: tuple[str, str], num_classes: int,
-                  max_pixels: int) -> _Sample:
+                  max_pixels: int, decode: Optional[Callable[[Source, str, int], np.ndarray]] = None) -> _Sample:
     problems: list[str] = []
     warnings: list[str] = []
     image = mask = None
@@ -126,7 +133,8 @@ def _check_sample(image_src: Source, mask_src: Source, names: tuple[str, str], n
     except DataError as err:
         problems.append(str(err))
     try:
-        mask = decode_mask(mask_src, names[1], num_classes, max_pixels)
+        mask = (decode(mask_src, names[1], max_pixels) if decode is not None
+                else decode_mask(mask_src, names[1], num_classes, max_pixels))
     except DataError as err:
         problems.append(str(err))
     if image is not None and mask is not None and image.shape[:2] != mask.shape:
@@ -209,4 +217,80 @@ def check_voc(root: Union[str, os.PathLike], splits: Optional[Sequence[str]] = N
                 report.problems += sample.problems  # once, though trainval repeats train and val
                 report.warnings += sample.warnings
             summary.add(sample.size, sample.pixels)
+    return report
+
+
+def check_folder(root: Union[str, os.PathLike], splits: Optional[Sequence[str]] = None, progress: bool = False,
+                 max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, val_fraction: float = 0.1, split_seed: int = 0,
+                 num_classes: Optional[int] = None) -> CheckReport:
+    """Validate a folder set (``fcn_dist.folderfiles``) and report every problem, not only the first.
+
+    Args:
+        root: the data root (``images/``, ``masks/``, ``classes.yaml``, optional ``splits/``).
+        splits: split names; None means ``DEFAULT_SPLITS`` (a missing one is a problem) and every
+            other split file present (without split files: the ``val_fraction`` split's train and val).
+        progress: show a tqdm bar per split.
+        max_pixels: the largest width x height accepted (``--max-image-pixels``).
+        val_fraction, split_seed: the split of a set without split files.
+        num_classes: when given (``--num-classes``), it must be classes.yaml's number of classes.
+
+    Returns:
+        The report, with ``classes`` set when classes.yaml is usable.
+    """
+    from tqdm.auto import tqdm
+
+    from ..folderfiles import read_class_spec, scan_folder, split_files, split_problems, split_stems
+    from .folder import MaskDecoder
+
+    report = CheckReport()
+    scan = scan_folder(root)
+    if not scan.root.is_dir():
+        report.problems += scan.problems
+        return report
+    decode = None
+    try:
+        spec = read_class_spec(scan.root)
+        report.classes = list(spec.names)
+        decode = MaskDecoder(spec)
+        if num_classes is not None and num_classes != spec.num_classes:
+            report.problems.append(f"{spec.path} names {spec.num_classes} classes but --num-classes is {num_classes}; "
+                                   "leave --num-classes out: a folder set's classes.yaml says how many")
+    except DataError as err:
+        report.problems.append(str(err))
+    report.problems += scan.problems
+    report.problems += split_problems(scan)
+    present = list(split_files(scan.root))
+    if splits is None:
+        splits = list(dict.fromkeys([*DEFAULT_SPLITS, *present]))
+    if decode is None:  # masks still read (unreadable, oversized, size mismatch), their values not: no class file
+        def decode(src: Source, name: str, limit: int) -> np.ndarray:
+            from .voc import open_image
+
+            img = open_image(src, name, limit)
+            return np.full((img.height, img.width), IGNORE_INDEX, dtype=np.uint8)
+    checked: dict[str, _Sample] = {}
+    members: dict[str, set[str]] = {}
+    for split in splits:
+        try:
+            stems = split_stems(scan, split, val_fraction, split_seed, strict=False)
+        except DataError as err:
+            report.problems.append(missing_split(err, split))
+            continue
+        stems = [s for s in stems if s in scan.images]  # the others are problems already
+        members[split] = set(stems)
+        summary = SplitSummary(split)
+        report.splits.append(summary)
+        for stem in tqdm(stems, desc=f"check {split}", unit="img", disable=not progress):
+            sample = checked.get(stem)
+            if sample is None:
+                image, mask = scan.images[stem], scan.masks[stem]
+                sample = checked[stem] = _check_sample(image, mask, (str(image), str(mask)), 0, max_pixels, decode)
+                report.problems += sample.problems
+                report.warnings += sample.warnings
+            summary.add(sample.size, sample.pixels if report.classes is not None else None)
+    both = sorted(members.get(DEFAULT_SPLITS[0], set()) & members.get(DEFAULT_SPLITS[1], set()))
+    if both:
+        report.warnings.append(f"{scan.root / 'splits'}: {len(both)} image(s) are in both {DEFAULT_SPLITS[0]!r} and "
+                               f"{DEFAULT_SPLITS[1]!r} (first: {both[0]}): validation then scores images the model "
+                               "trained on")
     return report

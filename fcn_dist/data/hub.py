@@ -1,8 +1,9 @@
 """HF ``datasets`` sources: the Arrow copy of a VOCdevkit (``data.format=arrow``) and any hub
 image-segmentation dataset (``data.format=hub``).
 
-``prepare_arrow`` (``fcn-data prepare``) converts VOCdevkit splits into a ``DatasetDict`` saved
-with ``save_to_disk``. Columns: ``name`` (image id), ``height``, ``width`` (so the d2l filter
+``prepare_arrow`` (``fcn-data prepare``) converts VOCdevkit splits, or a folder set's
+(``data.format=folder``: masks stored as class ids, class names in ``OUT/classes.yaml``), into a
+``DatasetDict`` saved with ``save_to_disk``. Columns: ``name`` (image id), ``height``, ``width`` (so the d2l filter
 reads no pixels), ``image`` and ``mask`` in one of two forms:
 
 - encoded (the default): ``datasets.Image`` columns holding the original JPEG and PNG bytes,
@@ -32,6 +33,7 @@ are class indices in ``0..len(data.classes)-1`` or 255. Either way items are the
 from __future__ import annotations
 
 import bisect
+import io
 import os
 import shutil
 import tempfile
@@ -40,6 +42,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..config import DEFAULT_MAX_IMAGE_PIXELS
 from ..datafiles import ARROW_MARKER, DataError, arrow_splits, find_split, read_split, resolve_voc_root
@@ -73,24 +76,48 @@ def _voc_rows(voc_root: Path, split: str, num_classes: int, progress: bool, deco
         yield {"name": name, "height": image.shape[1], "width": image.shape[2], **pixels}
 
 
+def _folder_rows(dataset, split: str, progress: bool, decoded: bool):
+    """Rows of a folder set's split: images verbatim (or decoded), masks as class ids (an L PNG, or decoded)."""
+    from tqdm.auto import tqdm
+
+    for index in tqdm(range(len(dataset)), desc=f"prepare {split}", unit="img", disable=not progress):
+        image, mask = dataset[index]  # validated: classes.yaml's mapping applied, void 255
+        if decoded:
+            pixels = {"image": image.permute(1, 2, 0).numpy().tobytes(), "mask": mask.numpy().tobytes()}
+        else:
+            png = io.BytesIO()
+            Image.fromarray(mask.numpy(), "L").save(png, "PNG")
+            pixels = {"image": {"bytes": dataset.images[index].read_bytes(), "path": None},
+                      "mask": {"bytes": png.getvalue(), "path": None}}
+        yield {"name": dataset.ids[index], "height": image.shape[1], "width": image.shape[2], **pixels}
+
+
 def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.PathLike],
-                  splits: Sequence[str] = ("train", "val"), num_classes: int = len(VOC_CLASSES),
-                  progress: bool = False, decoded: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Path:
-    """Convert VOCdevkit splits into an Arrow ``DatasetDict`` on disk.
+                  splits: Sequence[str] = ("train", "val"), num_classes: Optional[int] = None,
+                  progress: bool = False, decoded: bool = False, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                  val_fraction: float = 0.1, split_seed: int = 0) -> Path:
+    """Convert VOCdevkit splits, or a folder set's, into an Arrow ``DatasetDict`` on disk.
 
     Every sample is validated first (the same checks as the reader), so a prepared dataset
     holds no bad file. The folder appears only when complete (written aside, then renamed).
+    A folder set (``fcn_dist.folderfiles``: a root without VOC2012 that has a classes.yaml, or
+    images/ and masks/) keeps its image files; its masks are stored as class ids, after
+    classes.yaml's colours, ``ignore`` and ``remap``, as L PNGs (255 void), and its class names go
+    to ``out_dir/classes.yaml``, which ``data.format=arrow`` reads them from.
 
     Args:
-        voc_root: data root holding ``VOCdevkit/VOC2012``, or the VOC2012 folder.
+        voc_root: data root holding ``VOCdevkit/VOC2012``, the VOC2012 folder, or a folder set.
         out_dir: the folder to create; it must not exist (nothing of the user's is ever replaced).
         splits: split names (train_aug reads SBD's SegmentationClassAug masks).
-        num_classes: number of classes masks may use.
+        num_classes: number of classes masks may use (default: 21; a folder set: its classes.yaml's,
+            which this must equal when given).
         progress: show tqdm bars.
         decoded: store raw uint8 pixels (``image`` H*W*3 bytes in HWC order, ``mask`` H*W palette
             indices) as binary columns instead of the JPEG/PNG files: no decoding when read, about
             12x the disk and page cache.
         max_pixels: the largest width x height accepted (``--max-image-pixels``).
+        val_fraction, split_seed: a folder set without split files: its split (``data.val_fraction``,
+            ``data.split_seed``).
 
     Returns:
         ``out_dir``, readable with ``datasets.load_from_disk`` and ``data.format=arrow``.
@@ -100,7 +127,21 @@ def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.Path
     """
     import datasets
 
-    voc = resolve_voc_root(voc_root)
+    from ..datafiles import find_voc_root
+    from ..folderfiles import is_folder_root, read_class_spec, write_class_names
+    from .folder import FolderSegmentation
+
+    folder = find_voc_root(voc_root) is None and is_folder_root(voc_root)
+    if folder:
+        spec = read_class_spec(voc_root)
+        if num_classes is not None and num_classes != spec.num_classes:
+            raise DataError(f"{spec.path} names {spec.num_classes} classes but data.classes gives {num_classes}; "
+                            "leave it out: a folder set's classes.yaml says how many")
+        sources = {split: FolderSegmentation(voc_root, split, max_pixels=max_pixels, val_fraction=val_fraction,
+                                             split_seed=split_seed) for split in splits}
+    else:
+        voc = resolve_voc_root(voc_root)
+        num_classes = num_classes or len(VOC_CLASSES)
     out_dir = Path(out_dir).expanduser()
     if out_dir.exists() or out_dir.is_symlink():
         raise DataError(f"{out_dir} already exists: fcn-data prepare only creates a new folder, it never replaces or "
@@ -113,20 +154,26 @@ def prepare_arrow(voc_root: Union[str, os.PathLike], out_dir: Union[str, os.Path
     try:
         parts = {}
         for split in splits:
-            read_split(voc, split)  # a missing or empty split fails here, before any conversion
+            if folder:
+                rows, gen_kwargs = _folder_rows, {"dataset": sources[split], "split": split, "progress": progress,
+                                                  "decoded": decoded}
+            else:
+                read_split(voc, split)  # a missing or empty split fails here, before any conversion
+                rows, gen_kwargs = _voc_rows, {"voc_root": voc, "split": split, "num_classes": num_classes,
+                                               "progress": progress, "decoded": decoded, "max_pixels": max_pixels}
             try:
                 # record batches of 100 rows, as datasets does for Image columns: 1000 rows of raw
                 # pixels (its default for binary columns) overflow a batch's 2 GiB above ~0.7 Mpx
                 parts[split] = datasets.Dataset.from_generator(
-                    _voc_rows, features=_features(decoded), cache_dir=str(work / "cache"),
-                    gen_kwargs={"voc_root": voc, "split": split, "num_classes": num_classes, "progress": progress,
-                                "decoded": decoded, "max_pixels": max_pixels},
+                    rows, features=_features(decoded), cache_dir=str(work / "cache"), gen_kwargs=gen_kwargs,
                     split=datasets.NamedSplit(split), writer_batch_size=100)
             except datasets.exceptions.DatasetGenerationError as err:
                 if isinstance(err.__cause__, DataError):  # datasets wraps our error: show it, it names the file
                     raise err.__cause__ from None
                 raise
         datasets.DatasetDict(parts).save_to_disk(str(work / "dataset"))
+        if folder:
+            write_class_names(work / "dataset" / "classes.yaml", spec.names)
         try:
             os.rename(work / "dataset", out_dir)  # the folder appears complete, or not at all
         except OSError as err:  # it was created meanwhile (a non-empty folder is never replaced)

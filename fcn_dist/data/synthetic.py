@@ -1,4 +1,4 @@
-"""A synthetic dataset in the true VOC layout, for the demo and the tests.
+"""Synthetic datasets in the true VOC layout and in the folder layout, for the demos and the tests.
 
 ``make_synthetic_voc`` writes ``<out>/VOCdevkit/VOC2012`` with JPEGs of mixed sizes and
 orientations (landscape and portrait, some smaller than 320x480 so the d2l preset drops
@@ -8,6 +8,12 @@ split files train.txt, val.txt and trainval.txt.
 The objects are learnable by a small FCN in a few CPU minutes: each of ``SYNTHETIC_CLASSES``
 has its own saturated hue and its own shape, on desaturated textured backgrounds; 1-3 objects
 per image. Mask values are VOC class indices, so every reader and metric treats the set as VOC.
+
+``make_synthetic_folder`` writes the same pictures in the folder layout (``data.format=folder``):
+``images/``, ``masks/``, ``classes.yaml`` (``FOLDER_CLASSES``: background and the six shapes)
+and split files, with index masks, RGB-coloured masks (``mask_format="rgb"``) or index masks of
+other ids that classes.yaml's ``remap`` maps back (``remap=True``). ``folder_sample`` gives the
+class ids each mask encodes.
 
 Output is deterministic: the same arguments write byte-identical files.
 """
@@ -150,6 +156,145 @@ def make_synthetic_voc(out_dir: Union[str, os.PathLike], num_train: int, num_val
     trainval = [f"{s}_{i:05d}\n" for s, n in splits.items() for i in range(n)]
     (voc / "ImageSets" / "Segmentation" / "trainval.txt").write_text("".join(trainval))
     return voc
+
+
+FOLDER_CLASSES = ("background", "triangle", "circle", "square", "diamond", "ring", "cross")
+"""Class names of the synthetic folder set: class id = position; each shape is one of ``SYNTHETIC_CLASSES``."""
+_FOLDER_IDS = {0: 0, **{voc: k + 1 for k, voc in enumerate(SYNTHETIC_CLASSES)}, IGNORE_INDEX: IGNORE_INDEX}
+FOLDER_COLORS = ((0, 0, 0), *(hue for hue, _ in SYNTHETIC_CLASSES.values()))
+"""The RGB mask colour of each class (``--mask-format rgb``): black background, each shape's hue."""
+FOLDER_VOID_COLOR = (255, 255, 255)
+"""The colour of void pixels in RGB masks."""
+REMAP_IDS = (7, 11, 17, 21, 24, 26, 33)
+"""``--remap``: the stored value of each class (as Cityscapes' ids, which its train ids remap)."""
+REMAP_IGNORE, REMAP_UNMAPPED, REMAP_VOID = 0, 3, 5
+"""``--remap``: void is stored three ways, a third of its pixels each: the ``ignore`` value, a
+value that ``remap`` does not map, and a value that ``remap`` maps to 255."""
+MASK_FORMATS = ("index", "rgb")
+
+
+def folder_stems(num_train: int, num_val: int) -> list[tuple[str, int, int]]:
+    """(stem, split code, index in split) of every image of the synthetic folder set.
+
+    ``img_00000`` .. : the first ``num_train`` are drawn as the VOC set's train images (split code
+    0), the rest as its val images (1), so the same seed draws the same pictures in both layouts.
+    """
+    return [(f"img_{k:05d}", 0 if k < num_train else 1, k if k < num_train else k - num_train)
+            for k in range(num_train + num_val)]
+
+
+def folder_sample(seed: int, split_code: int, index: int, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic folder sample: image uint8 (H, W, 3) and its class ids uint8 (H, W), 255 = void.
+
+    What the files of ``make_synthetic_folder`` encode (and what a reader must give back).
+    """
+    image, voc_mask = _draw_sample(np.random.default_rng([seed, split_code, index]), max_side)
+    lut = np.zeros(256, dtype=np.uint8)
+    for voc, k in _FOLDER_IDS.items():
+        lut[voc] = k
+    return image, lut[voc_mask]
+
+
+def _encode_mask(ids: np.ndarray, mask_format: str, remap: bool) -> Image.Image:
+    """The mask file of class ids: an L PNG of ids, of stored ids (remap), or an RGB PNG of colours."""
+    if mask_format == "rgb":
+        palette = np.zeros((256, 3), dtype=np.uint8)
+        palette[:len(FOLDER_COLORS)] = FOLDER_COLORS
+        palette[IGNORE_INDEX] = FOLDER_VOID_COLOR
+        return Image.fromarray(palette[ids], "RGB")
+    if not remap:
+        return Image.fromarray(ids, "L")
+    stored = np.asarray(REMAP_IDS, dtype=np.uint8)[np.minimum(ids, len(REMAP_IDS) - 1)]
+    yy, xx = np.mgrid[0:ids.shape[0], 0:ids.shape[1]]
+    third = ((yy + xx) // 4) % 3
+    void = ids == IGNORE_INDEX
+    stored[void] = np.choose(third[void], [REMAP_IGNORE, REMAP_UNMAPPED, REMAP_VOID])
+    return Image.fromarray(stored, "L")
+
+
+def _folder_class_file(mask_format: str, remap: bool) -> str:
+    spec: dict = {"classes": list(FOLDER_CLASSES)}
+    if mask_format == "rgb":
+        spec["colors"] = [list(c) for c in FOLDER_COLORS]
+        spec["void_color"] = list(FOLDER_VOID_COLOR)
+    elif remap:
+        spec["ignore"] = REMAP_IGNORE
+        spec["remap"] = {**{stored: k for k, stored in enumerate(REMAP_IDS)}, REMAP_VOID: IGNORE_INDEX}
+    import yaml
+
+    head = ("# Written by `fcn-data synth --layout folder` (fcn_dist). Class id = position in classes.\n"
+            + ("# RGB masks: a pixel of colors[k] is class k, void_color is void.\n" if mask_format == "rgb" else "")
+            + (f"# Index masks of stored ids: remap gives each its class id; {REMAP_IGNORE} (ignore) and every id "
+               "remap does not map are void.\n" if remap else ""))
+    return head + yaml.safe_dump(spec, sort_keys=False, default_flow_style=None)
+
+
+def make_synthetic_folder(out_dir: Union[str, os.PathLike], num_train: int, num_val: int, seed: int = 0,
+                          max_side: int = 500, mask_format: str = "index", remap: bool = False,
+                          split_files: bool = True, progress: bool = False) -> Path:
+    """Write a synthetic set in the folder layout (``data.format=folder``).
+
+    ``out_dir/images/img_NNNNN.jpg``, ``out_dir/masks/img_NNNNN.png``, ``out_dir/classes.yaml``
+    (``FOLDER_CLASSES``) and, with ``split_files``, ``out_dir/splits/train.txt`` and ``val.txt``.
+    The pictures are the VOC set's (``folder_sample``); class ids are ``FOLDER_CLASSES``' positions.
+    The folder appears complete or not at all (written aside, then renamed).
+
+    Args:
+        out_dir: the folder to create; it must not exist.
+        num_train, num_val: images in each split (the split files', or just the count without them).
+        seed: generator seed; the same arguments give byte-identical files.
+        max_side: longest image side (at least 16).
+        mask_format: ``index`` (L PNGs of class ids, 255 void) or ``rgb`` (RGB PNGs in
+            ``FOLDER_COLORS``, void ``FOLDER_VOID_COLOR``; classes.yaml gets ``colors`` and ``void_color``).
+        remap: index masks of stored ids (``REMAP_IDS``; void as ``REMAP_IGNORE``, ``REMAP_UNMAPPED``
+            and ``REMAP_VOID``) with classes.yaml's ``ignore`` and ``remap`` mapping them back.
+        split_files: write ``splits/``; without it the readers split by ``data.val_fraction``.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        DataError: ``out_dir`` exists.
+        ValueError: bad arguments.
+    """
+    from tqdm.auto import tqdm
+
+    if max_side < 16:
+        raise ValueError(f"max_side={max_side} must be >= 16")
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format={mask_format!r} is not one of {', '.join(MASK_FORMATS)}")
+    if remap and mask_format != "index":
+        raise ValueError("remap applies to index masks (classes.yaml refuses remap with colors)")
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() or out_dir.is_symlink():
+        raise DataError(f"{out_dir} already exists: fcn-data synth only writes a new set; choose another --out")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        for sub in ("images", "masks"):
+            (work / sub).mkdir()
+        stems = folder_stems(num_train, num_val)
+        for stem, split_code, index in tqdm(stems, desc="synthetic folder set", unit="img", disable=not progress):
+            image, ids = folder_sample(seed, split_code, index, max_side)
+            Image.fromarray(image).save(work / "images" / f"{stem}.jpg", quality=90)
+            _encode_mask(ids, mask_format, remap).save(work / "masks" / f"{stem}.png")
+        (work / "classes.yaml").write_text(_folder_class_file(mask_format, remap))
+        if split_files:
+            (work / "splits").mkdir()
+            for code, split in enumerate(("train", "val")):
+                (work / "splits" / f"{split}.txt").write_text("".join(f"{s}\n" for s, c, _ in stems if c == code))
+        os.chmod(work, 0o777 & ~_umask())
+        os.rename(work, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out_dir
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def ensure_synthetic(data_cfg) -> Path:
