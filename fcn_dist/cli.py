@@ -1,9 +1,10 @@
 """Console scripts: their argument parsers, the shared inference flags, and error handling.
 
-Every console script (``fcn-train``, ``fcn-eval``, ``fcn-predict``, ``fcn-data``, ``fcn-compare``) starts here.
-Parsing, ``--help``, ``--print-config-reference`` and config errors need no torch, so they
-answer in a fraction of a second; only then is the command's module (``fcn_dist.train``,
-``fcn_dist.evaluate``, ``fcn_dist.predict``, ``fcn_dist.data.cli``, ``fcn_dist.compare``) imported and run. Each of
+Every console script (``fcn-train``, ``fcn-eval``, ``fcn-predict``, ``fcn-export``, ``fcn-data``,
+``fcn-compare``) starts here. Parsing, ``--help``, ``--print-config-reference`` and config errors
+need no torch, so they answer in a fraction of a second; only then is the command's module
+(``fcn_dist.train``, ``fcn_dist.evaluate``, ``fcn_dist.predict``, ``fcn_dist.export``,
+``fcn_dist.data.cli``, ``fcn_dist.compare``) imported and run. Each of
 those modules' ``main()`` comes back here, so ``python -m fcn_dist.<module>`` behaves the same.
 
 Bad input of any kind ends as one line, ``<prog>: error: <message>``, and exit 2
@@ -21,20 +22,46 @@ from typing import Callable, Mapping, Optional, Sequence
 from .config import (DEFAULT_MAX_IMAGE_PIXELS, INFERENCE_MODES, ConfigError, DataConfig, InferenceOptions,
                      config_reference, load_config)
 from .labels import IGNORE_INDEX, VOC_CLASSES
-from .process import EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_PARTIAL, EXIT_PREEMPTED, fail
+from .process import EXIT_BAD_INPUT, EXIT_EXPORT_FAILED, EXIT_NONFINITE, EXIT_PARTIAL, EXIT_PREEMPTED, fail
 
 
-def bad_input_errors() -> tuple[type[Exception], ...]:
+def bad_input_errors(with_torch: bool = True) -> tuple[type[Exception], ...]:
     """The exceptions that mean bad input (config, data, checkpoint, weights): exit 2 with one line.
 
-    Imported here, not at module level, because their modules import torch.
+    Imported here, not at module level, because ``model`` (``PretrainedWeightsError``) imports
+    torch; ``with_torch=False`` leaves that one out, for ``fcn-predict --onnx``, which never imports torch.
     """
-    from .checkpoint import CheckpointError
     from .datafiles import DataError
     from .files import OverwriteError
-    from .model import PretrainedWeightsError
+    from .metadata import CheckpointError
 
-    return ConfigError, DataError, CheckpointError, PretrainedWeightsError, OverwriteError
+    errors: tuple[type[Exception], ...] = (ConfigError, DataError, CheckpointError, OverwriteError)
+    if with_torch:
+        from .model import PretrainedWeightsError
+
+        errors += (PretrainedWeightsError,)
+    return errors
+
+
+EXPORT_EXTRA = 'pip install "fcn_dist[export]"'
+"""What ``fcn-export`` and ``fcn-predict --onnx`` need beyond the package: onnx, onnxscript, onnxruntime."""
+
+
+def missing_extra(modules: Sequence[str], what: str) -> Optional[str]:
+    """The one-line message for the first of ``modules`` that cannot be imported, or None when all can.
+
+    Args:
+        modules: what ``what`` imports (``onnxruntime``, ...).
+        what: the command, as the message calls it (``fcn-predict --onnx``).
+    """
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return f"{name} is not installed; {what} needs the export extra: {EXPORT_EXTRA}"
+    return None
 
 
 def in_cli_terms(message: str, terms: Mapping[str, str]) -> str:
@@ -63,9 +90,13 @@ PREDICT_TERMS = {"data.max_image_pixels": "--max-image-pixels"}
 """How fcn-predict words them."""
 
 
-def run_guarded(prog: str, body: Callable[[], int], terms: Optional[Mapping[str, str]] = None) -> int:
-    """Run a command's body; bad input becomes one line on stderr (in ``terms``) and ``EXIT_BAD_INPUT``."""
-    errors = bad_input_errors()
+def run_guarded(prog: str, body: Callable[[], int], terms: Optional[Mapping[str, str]] = None,
+                with_torch: bool = True) -> int:
+    """Run a command's body; bad input becomes one line on stderr (in ``terms``) and ``EXIT_BAD_INPUT``.
+
+    ``with_torch=False``: the body imports no torch, and neither does this (``bad_input_errors``).
+    """
+    errors = bad_input_errors(with_torch)
     try:
         return body()
     except errors as err:
@@ -264,13 +295,20 @@ def predict_parser() -> argparse.ArgumentParser:
         "OUTPUT/<stem>_overlay.jpg (classes tinted, outlined and named in a legend), and prints each image's "
         "class shares. Photos are turned as their EXIF orientation says, as viewers show them. Nothing it did "
         "not write is replaced: an output path that exists and was not written by fcn-predict is refused "
-        "before anything is written (--overwrite allows it), and an input is never replaced.",
+        "before anything is written (--overwrite allows it), and an input is never replaced. With --onnx "
+        "(a model from fcn-export) it runs onnxruntime on the CPU and never imports torch.",
         epilog=f"exit codes: 0 every image written; {EXIT_PARTIAL} some images could not be read or are above "
                f"--max-image-pixels (each is named on stderr and skipped; the others are written); "
-               f"{EXIT_BAD_INPUT} bad checkpoint (missing, truncated, pickle, not an fcn_dist export, bad metadata "
-               "or weights), no images, outputs that would replace your files, or bad arguments.")
+               f"{EXIT_BAD_INPUT} bad checkpoint or ONNX model (missing, truncated, pickle, not an fcn_dist "
+               "export, bad metadata or weights), no images, outputs that would replace your files, --onnx "
+               f"without the export extra ({EXPORT_EXTRA}), or bad arguments.")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files or folders of images")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", type=Path, help="model_*.safetensors exported by fcn-train (runs in torch)")
+    model.add_argument("--onnx", type=Path, metavar="MODEL.onnx",
+                       help="an ONNX model written by fcn-export: runs in onnxruntime (CPUExecutionProvider), "
+                            "no torch; classes and normalisation come from its metadata; --fold-bn and "
+                            "--channels-last do not apply (the graph was fixed at export)")
     parser.add_argument("--output", required=True, type=Path, help="output folder (created)")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files that fcn-predict "
                         "did not write (an input image is never replaced)")
@@ -279,8 +317,8 @@ def predict_parser() -> argparse.ArgumentParser:
                              "RGB image in the same colours, for viewers (default: %(default)s)")
     add_max_pixels_arg(parser)
     parser.add_argument("--device", default="auto",
-                        help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ... "
-                             "(default: %(default)s)")
+                        help="torch device: auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...; with "
+                             "--onnx only auto or cpu (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=1, help="same-size images per forward pass "
                         "(default: %(default)s)")
     add_inference_args(parser)
@@ -293,9 +331,56 @@ def predict_main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parse_inference(parser, argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be >= 1")
+    if args.onnx is not None:
+        if args.device not in ("auto", "cpu"):
+            parser.error(f"--device {args.device}: --onnx runs on the CPU (onnxruntime's CPUExecutionProvider); "
+                         "use --device cpu, or --checkpoint for a torch device")
+        missing = missing_extra(("onnxruntime",), "fcn-predict --onnx")
+        if missing:
+            return fail("fcn-predict", missing)
     from .predict import run
 
     return run(args, parser)
+
+
+# ---- fcn-export ---------------------------------------------------------------------------
+
+def export_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fcn-export", description="Export a self-describing fcn_dist model (.safetensors) for deployment: "
+        "an ONNX graph with dynamic batch, height and width (any size, not only multiples of 32) that maps "
+        "normalised float32 images (N, 3, H, W) to logits (N, C, H, W), BatchNorms folded, with the class names, "
+        "the normalisation (mean, std) and the model config in its metadata. It is checked (onnx.checker, and "
+        "onnxruntime against torch) before it is written. Run it with fcn-predict --onnx MODEL.onnx.",
+        epilog=f"exit codes: 0 written; {EXIT_EXPORT_FAILED} no exporter gave a graph that passes the checks "
+               f"(nothing written); {EXIT_BAD_INPUT} bad checkpoint (missing, truncated, pickle, not an fcn_dist "
+               "export, bad metadata or weights), an --output that would replace a file of yours, the export "
+               f"extra missing ({EXPORT_EXTRA}), or bad arguments.")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="model_*.safetensors exported by fcn-train")
+    parser.add_argument("--format", choices=("onnx",), default="onnx", help="output format (default: %(default)s)")
+    parser.add_argument("--output", type=Path, metavar="MODEL.onnx",
+                        help="file to write (default: <checkpoint stem>.onnx beside the checkpoint). An existing "
+                             "file that fcn-export did not write is refused")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output that fcn-export "
+                        "did not write (never the checkpoint)")
+    parser.add_argument("--fold-bn", action=argparse.BooleanOptionalAction, default=True,
+                        help="fold each BatchNorm into the convolution before it, as fcn-predict does "
+                             "(default: %(default)s)")
+    return parser
+
+
+def export_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``fcn-export``; returns the exit code."""
+    parser = export_parser()
+    args = parser.parse_args(argv)
+    if args.output is not None and args.output.suffix != ".onnx":
+        parser.error(f"--output {args.output}: the name must end in .onnx")
+    missing = missing_extra(("onnx", "onnxscript", "onnxruntime"), "fcn-export")
+    if missing:
+        return fail("fcn-export", missing)
+    from .export import run
+
+    return run(args)
 
 
 # ---- fcn-data -----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import yaml
 from omegaconf import OmegaConf
@@ -93,6 +93,32 @@ class InferenceOptions:
             raise ValueError(f"stride {self.stride} larger than tile {self.tile} would leave pixels uncovered")
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales {self.scales} must be positive")
+
+
+def tile_windows(height: int, width: int, tile: Sequence[int],
+                 stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Tiles covering an image, the last row and column aligned to its border.
+
+    Args:
+        height, width: image size.
+        tile: (h, w) tile size; clipped to the image when larger.
+        stride: (h, w) step between tile origins.
+
+    Returns:
+        (y0, y1, x0, x1) windows, all of the same size ``min(tile, image)``, whose union is
+        the whole image.
+
+    Pure Python, beside ``InferenceOptions``: torch's slide mode (``fcn_dist.inference``) and the
+    ONNX Runtime one (``fcn_dist.runtime``) cut the same tiles.
+    """
+    def starts(size: int, t: int, s: int) -> list[int]:
+        t = min(t, size)
+        last = size - t
+        return sorted(set(list(range(0, last, s)) + [last]))
+
+    th, tw = min(tile[0], height), min(tile[1], width)
+    return [(y, y + th, x, x + tw) for y in starts(height, tile[0], stride[0])
+            for x in starts(width, tile[1], stride[1])]
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ Modes (``infer_logits``):
 
 Images come in as uint8 and are normalised here with the checkpoint's mean/std. Plain
 PyTorch: nothing here knows about processes. ``InferenceOptions`` (``fcn_dist.config``) holds
-the modes' settings and the only tile/stride defaults.
+the modes' settings and the only tile/stride defaults, and ``config.tile_windows`` the tiles
+(re-exported here). ``fcn_dist.runtime`` does the same in numpy for an exported ONNX model.
 """
 
 from __future__ import annotations
@@ -27,30 +28,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from .config import InferenceOptions
+from .config import InferenceOptions, tile_windows  # noqa: F401 (re-exported)
 from .model import hwc_to_chw, normalize
-
-def tile_windows(height: int, width: int, tile: Sequence[int],
-                 stride: Sequence[int]) -> list[tuple[int, int, int, int]]:
-    """Tiles covering an image, the last row and column aligned to its border.
-
-    Args:
-        height, width: image size.
-        tile: (h, w) tile size; clipped to the image when larger.
-        stride: (h, w) step between tile origins.
-
-    Returns:
-        (y0, y1, x0, x1) windows, all of the same size ``min(tile, image)``, whose union is
-        the whole image.
-    """
-    def starts(size: int, t: int, s: int) -> list[int]:
-        t = min(t, size)
-        last = size - t
-        return sorted(set(list(range(0, last, s)) + [last]))
-
-    th, tw = min(tile[0], height), min(tile[1], width)
-    return [(y, y + th, x, x + tw) for y in starts(height, tile[0], stride[0])
-            for x in starts(width, tile[1], stride[1])]
 
 
 def _slide(model: torch.nn.Module, images: torch.Tensor, tile: Sequence[int], stride: Sequence[int]) -> torch.Tensor:

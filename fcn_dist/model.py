@@ -153,7 +153,8 @@ class FCN(nn.Module):
         """Args: images (B, 3, H, W) normalised, H, W >= 32. Returns: logits (B, C, H, W)."""
         h, w = images.shape[-2:]
         pad_h, pad_w = -h % OUTPUT_STRIDE, -w % OUTPUT_STRIDE
-        if pad_h or pad_w:
+        # an exported graph always pads (by 0 at multiples of 32), so it serves every size, whatever the example's
+        if _exporting() or pad_h or pad_w:
             images = F.pad(images, (0, pad_w, 0, pad_h))
         feats = {}
         x = images
@@ -173,6 +174,11 @@ class FCN(nn.Module):
             self.head == "auto" and logits.device.type == "cpu" and torch.is_grad_enabled())
         logits = upsample_by_pixel_shuffle(logits, self.upsample) if fast else self.upsample(logits)
         return logits[..., :h, :w]
+
+
+def _exporting() -> bool:
+    """Whether ``forward`` is being captured: ``torch.export`` (the dynamo ONNX exporter) or a trace (TorchScript's)."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def upsample_by_pixel_shuffle(x: torch.Tensor, layer: nn.ConvTranspose2d) -> torch.Tensor:

@@ -20,6 +20,13 @@ matrix. A batch only holds images of one size, so ``--batch-size`` never changes
 Nothing of the user's is replaced: every output path is checked before anything is written,
 and one that is an input, or an existing file that fcn-predict did not write (its images carry
 ``fcn_dist.files.image_mark``), is refused (``--overwrite`` allows the latter).
+
+Two backends give the class maps, and everything else (reading, outputs, shares, the rule above)
+is shared and torch-free (numpy and Pillow): ``--checkpoint`` runs the safetensors model in torch
+(``torch_predictor``: ``fcn_dist.inference.infer_logits``), ``--onnx`` an ONNX model from
+``fcn-export`` in onnxruntime (``onnx_predictor``: ``fcn_dist.runtime.infer_logits``, the same modes,
+tiles, flips and scales in numpy), and then torch is never imported. Both are a ``Predictor``:
+uint8 images (B, 3, H, W) in, class ids (B, H, W) out.
 """
 
 from __future__ import annotations
@@ -27,22 +34,18 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
-from .checkpoint import load_model
 from .cli import PREDICT_TERMS, in_cli_terms, model_from_args, predict_main, run_guarded
-from .config import DEFAULT_MAX_IMAGE_PIXELS, InferenceOptions
-from .data.voc import decode_image
+from .config import DEFAULT_MAX_IMAGE_PIXELS
 from .datafiles import DataError
 from .files import OverwriteError, atomic_write, has_image_mark, image_mark, refuse_overwrites
-from .inference import infer_logits
+from .images import decode_image
 from .labels import VOC_PALETTE
-from .model import hwc_to_chw
 from .process import EXIT_PARTIAL
 
 PROG = "fcn-predict"
@@ -96,16 +99,16 @@ def check_outputs(paths: list[Path], out_dir: Path, overwrite: bool) -> None:
     refuse_overwrites(outputs, paths, overwrite, has_image_mark, PROG)
 
 
-def palette_mask(pred: torch.Tensor) -> Image.Image:
-    """(H, W) class ids (< 256) as a mode-P PIL image in the VOC palette."""
-    png = Image.fromarray(pred.to(torch.uint8).cpu().numpy())
+def palette_mask(pred: np.ndarray) -> Image.Image:
+    """(H, W) class ids (< 256; an array, or a CPU tensor) as a mode-P PIL image in the VOC palette."""
+    png = Image.fromarray(np.asarray(pred).astype(np.uint8))
     png.putpalette(VOC_PALETTE)  # turns the L image into a P image whose indices are the class ids
     return png
 
 
-def colour_mask(pred: torch.Tensor) -> Image.Image:
+def colour_mask(pred: np.ndarray) -> Image.Image:
     """(H, W) class ids as an RGB image in the VOC palette's colours (``--mask-format rgb``)."""
-    return Image.fromarray(COLOURS[pred.cpu().numpy().astype(np.int64)])
+    return Image.fromarray(COLOURS[np.asarray(pred).astype(np.int64)])
 
 
 def class_shares(pred: np.ndarray, num_classes: int) -> list[tuple[int, float]]:
@@ -169,7 +172,7 @@ def _legend(shares: list[tuple[int, float]], classes: Sequence[str], font_size: 
     return box
 
 
-def overlay(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[str],
+def overlay(image: np.ndarray, pred: np.ndarray, classes: Sequence[str],
             alpha: float = OVERLAY_ALPHA) -> Image.Image:
     """The prediction drawn over the image: tinted classes, their outlines, and a legend.
 
@@ -179,16 +182,16 @@ def overlay(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[str],
     then ``+N more``) and sits in the corner where it hides the fewest non-background pixels.
 
     Args:
-        image: uint8 (3, H, W).
-        pred: (H, W) class ids.
+        image: uint8 (3, H, W), an array or a CPU tensor.
+        pred: (H, W) class ids, likewise.
         classes: the class names (``ModelInfo.classes``).
         alpha: weight of the colours in the tint.
 
     Returns:
         RGB image of the image's size.
     """
-    rgb = image.permute(1, 2, 0).cpu().numpy()
-    ids = pred.cpu().numpy().astype(np.int64)
+    rgb = np.asarray(image).transpose(1, 2, 0)
+    ids = np.asarray(pred).astype(np.int64)
     colours = COLOURS[ids]
     tinted = np.clip(((1 - alpha) * rgb.astype(np.float32) + alpha * colours).round(), 0, 255).astype(np.uint8)
     out = np.where((ids != 0)[..., None], tinted, rgb)
@@ -204,12 +207,12 @@ def overlay(image: torch.Tensor, pred: torch.Tensor, classes: Sequence[str],
 
 
 def _batches(paths: list[Path], batch_size: int, failed: list[str],
-             max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[list[tuple[Path, torch.Tensor]]]:
+             max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Iterator[list[tuple[Path, np.ndarray]]]:
     """Same-size batches of decoded (path, image uint8 (3, H, W), as displayed); unreadable files go to ``failed``."""
-    pending: dict[tuple[int, int], list[tuple[Path, torch.Tensor]]] = {}
+    pending: dict[tuple[int, int], list[tuple[Path, np.ndarray]]] = {}
     for path in paths:
         try:
-            image = hwc_to_chw(decode_image(path, str(path), max_pixels, apply_exif=True))
+            image = decode_image(path, str(path), max_pixels, apply_exif=True).transpose(2, 0, 1)
         except DataError as err:
             # the reader's message ends with a fix about split files, which does not apply here
             failed.append(in_cli_terms(str(err).split("; ")[0], PREDICT_TERMS))
@@ -221,17 +224,65 @@ def _batches(paths: list[Path], batch_size: int, failed: list[str],
     yield from pending.values()
 
 
-def predict_files(model: torch.nn.Module, info, paths: list[Path], out_dir: Path, options: InferenceOptions,
+Predictor = Callable[[np.ndarray], np.ndarray]
+"""uint8 images (B, 3, H, W) -> class ids (B, H, W): ``torch_predictor`` or ``onnx_predictor``."""
+
+
+def torch_predictor(args: argparse.Namespace, device) -> tuple[list[str], Predictor]:
+    """``--checkpoint``: the safetensors model in torch on ``device``, as ``--fold-bn``/``--channels-last`` ask.
+
+    Returns:
+        (class names, predictor).
+
+    Raises:
+        CheckpointError: see ``checkpoint.load_model``.
+    """
+    import torch
+
+    from .checkpoint import load_model
+    from .inference import infer_logits
+
+    model, info = load_model(args.checkpoint, device)
+    model = model_from_args(model, args)
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            batch = torch.from_numpy(images).to(device)
+            return infer_logits(model, batch, info.mean, info.std, args.options).argmax(dim=1).cpu().numpy()
+
+    return info.classes, predict
+
+
+def onnx_predictor(args: argparse.Namespace) -> tuple[list[str], Predictor]:
+    """``--onnx``: an ONNX model from fcn-export in onnxruntime on the CPU; imports no torch.
+
+    Returns:
+        (class names, predictor), classes and normalisation from the model's metadata.
+
+    Raises:
+        CheckpointError: see ``runtime.OnnxModel``.
+    """
+    from .runtime import OnnxModel, infer_logits
+
+    model = OnnxModel(args.onnx)
+    info = model.info
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        return infer_logits(model, images, info.mean, info.std, args.options).argmax(axis=1)
+
+    return info.classes, predict
+
+
+def predict_files(predict: Predictor, classes: Sequence[str], paths: list[Path], out_dir: Path,
                   batch_size: int = 1, mask_format: str = "palette",
                   max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> list[str]:
     """Write ``<stem>.png`` and ``<stem>_overlay.jpg`` for every readable image; print each one's class shares.
 
     Args:
-        model: FCN in eval mode.
-        info: its ModelInfo (mean, std, classes).
+        predict: the model (``torch_predictor``, ``onnx_predictor``), its inference options included.
+        classes: its class names.
         paths: image files, checked with ``check_outputs`` first.
         out_dir: output folder (created).
-        options: inference mode, tiles and test-time augmentation.
         batch_size: images of one size per forward pass.
         mask_format: ``palette`` (mode P, indices = class ids) or ``rgb``.
         max_pixels: the largest image accepted (``--max-image-pixels``).
@@ -240,30 +291,29 @@ def predict_files(model: torch.nn.Module, info, paths: list[Path], out_dir: Path
         One message per image that could not be read (those are skipped).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
     failed: list[str] = []
-    with tqdm(total=len(paths), unit="img", desc="predict", disable=not sys.stderr.isatty()) as bar, \
-            torch.inference_mode():
+    with tqdm(total=len(paths), unit="img", desc="predict", disable=not sys.stderr.isatty()) as bar:
         for batch in _batches(paths, batch_size, failed, max_pixels):
-            images = torch.stack([image for _, image in batch]).to(device)
-            preds = infer_logits(model, images, info.mean, info.std, options).argmax(dim=1).cpu()
+            preds = predict(np.stack([image for _, image in batch]))
             for (path, image), pred in zip(batch, preds):
                 mask_path, overlay_path = output_paths(path, out_dir)
                 with atomic_write(mask_path) as tmp:
                     mask = palette_mask(pred) if mask_format == "palette" else colour_mask(pred)
                     mask.save(tmp, "PNG", **image_mark(PROG, "PNG"))
                 with atomic_write(overlay_path) as tmp:
-                    overlay(image, pred, info.classes).save(tmp, "JPEG", quality=90, **image_mark(PROG, "JPEG"))
-                shares = class_shares(pred.numpy(), len(info.classes))
-                bar.write(f"{path}: " + ", ".join(f"{info.classes[k]} {share_text(s)}" for k, s in shares),
+                    overlay(image, pred, classes).save(tmp, "JPEG", quality=90, **image_mark(PROG, "JPEG"))
+                shares = class_shares(pred, len(classes))
+                bar.write(f"{path}: " + ", ".join(f"{classes[k]} {share_text(s)}" for k, s in shares),
                           file=sys.stdout)
             bar.update(len(batch))
         bar.update(len(failed))
     return failed
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    """Run a parsed ``fcn-predict`` (``fcn_dist.cli.predict_parser``); returns the exit code."""
+def _torch_device(args: argparse.Namespace, parser: argparse.ArgumentParser):
+    """The torch device ``--device`` names; a bad name or CUDA without CUDA is a parser error."""
+    import torch
+
     name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     try:
         device = torch.device(name)
@@ -271,20 +321,29 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error(f"--device {args.device}: {err}")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run a parsed ``fcn-predict`` (``fcn_dist.cli.predict_parser``); returns the exit code.
+
+    With ``args.onnx`` torch is never imported; otherwise ``args.checkpoint`` runs in torch.
+    """
+    device = None if args.onnx is not None else _torch_device(args, parser)
 
     def body() -> int:
         paths = collect_images(args.inputs)
         check_outputs(paths, args.output, args.overwrite)
-        model, info = load_model(args.checkpoint, device)
-        failed = predict_files(model_from_args(model, args), info, paths, args.output, args.options, args.batch_size,
-                               args.mask_format, args.max_image_pixels)
+        classes, predict = onnx_predictor(args) if device is None else torch_predictor(args, device)
+        failed = predict_files(predict, classes, paths, args.output, args.batch_size, args.mask_format,
+                               args.max_image_pixels)
         for message in failed:
             print(f"{PROG}: skipped {message}", file=sys.stderr)
         skipped = f"; {len(failed)} images skipped" if failed else ""
         print(f"wrote {len(paths) - len(failed)} masks and overlays to {args.output}{skipped}")
         return EXIT_PARTIAL if failed else 0
 
-    return run_guarded(PROG, body, PREDICT_TERMS)
+    return run_guarded(PROG, body, PREDICT_TERMS, with_torch=device is not None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,9 @@ import time
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 """fcn-predict: some images could not be read (each named on stderr); fcn-data check: problems found."""
+EXIT_EXPORT_FAILED = 1
+"""fcn-export: no exporter gave a graph that passes its checks (onnx.checker, onnxruntime against torch); nothing
+was written."""
 EXIT_BAD_INPUT = 2
 """Bad config, arguments, data or checkpoint: one line on stderr names the file or key and the fix."""
 EXIT_LOST_PEER = 1

@@ -5,6 +5,8 @@
 - Metrics, optim, inference and the model never import ``fcn_dist.data``.
 - ``fcn_dist.config``, ``labels``, ``datafiles``, ``tracking`` and ``compare`` import no torch at module
   level (launch scripts, ``--help`` and ``fcn-compare`` use them).
+- ``images``, ``metadata`` and ``runtime`` import no torch anywhere, and ``predict`` none at module level:
+  ``fcn-predict --onnx`` runs on them without torch.
 - ``fcn-*`` ``--help`` and config errors return without importing torch (checked by running them).
 """
 
@@ -19,9 +21,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fcn_dist"
 
 PROCESS_MODULES = {"signal", "atexit", "multiprocessing", "torch.distributed", "accelerate", "wandb"}
 PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "data/check", "data/folder",
-         "metrics", "optim", "precision", "engine", "inference", "labels", "files", "datafiles", "folderfiles"]
+         "metrics", "optim", "precision", "engine", "inference", "labels", "files", "datafiles", "folderfiles", "images",
+         "metadata", "runtime"]
 NO_DATA = ["metrics", "optim", "inference", "model", "labels"]
 NO_TORCH = ["config", "labels", "files", "process", "cli", "datafiles", "folderfiles", "tracking", "compare"]
+NEVER_TORCH = ["images", "metadata", "runtime"]
+"""No torch at any depth (numpy is fine): the ONNX prediction path."""
+NO_TORCH_AT_IMPORT = ["predict"]
+"""No torch at module level (numpy is fine): its torch backend imports torch when it runs."""
+TORCH = {"torch", "torchvision"}
 
 
 def _module_file(name: str) -> Path:
@@ -64,7 +72,29 @@ def forbidden_edges() -> list[str]:
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 top_level.add(node.module)
         edges += [f"{name} -> {hit}" for hit in _hits(top_level, {"torch", "torchvision", "numpy"})]
+    for name in NEVER_TORCH:
+        edges += [f"{name} -> {hit}" for hit in _hits(imports(_module_file(name)), TORCH | {"fcn_dist.model",
+                  "fcn_dist.checkpoint", "fcn_dist.inference", "fcn_dist.data"})]
+    for name in NO_TORCH_AT_IMPORT:
+        top_level = _top_level_imports(_module_file(name))
+        edges += [f"{name} -> {hit}" for hit in _hits(top_level, TORCH | {"fcn_dist.model", "fcn_dist.checkpoint",
+                                                                          "fcn_dist.inference", "fcn_dist.data"})]
     return edges
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Absolute names of the modules ``path`` imports at module level (not inside functions)."""
+    package = ["fcn_dist", *path.relative_to(PACKAGE).parent.parts]
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
 
 
 def test_no_forbidden_import_edges():
@@ -81,8 +111,12 @@ def test_the_check_sees_an_added_forbidden_import(tmp_path, monkeypatch):
     metrics.write_text(metrics.read_text() + "\n\ndef _bad():\n    import torch.distributed as dist\n"
                        "    from .data import voc\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", copy)
+    runtime = copy / "runtime.py"
+    runtime.write_text(runtime.read_text() + "\n\ndef _bad():\n    import torch\n")
+    predict = copy / "predict.py"
+    predict.write_text(predict.read_text().replace("import numpy as np\n", "import numpy as np\nimport torch\n", 1))
     assert forbidden_edges() == ["metrics -> torch.distributed", "metrics -> fcn_dist.data",
-                                 "metrics -> fcn_dist.data.voc"]
+                                 "metrics -> fcn_dist.data.voc", "runtime -> torch", "predict -> torch"]
 
 
 def test_imports_resolve_relative_names():
@@ -96,12 +130,13 @@ COMMANDS = {
     "fcn-train  ": ["optim.lr=oops"],
     "fcn-eval": ["--help"],
     "fcn-predict": ["--help"],
+    "fcn-export": ["--help"],
     "fcn-data": ["--help"],
     "fcn-data ": ["check", "--help"],
     "fcn-compare": ["--help"],
 }
-ENTRY = {"fcn-train": "train_main", "fcn-eval": "eval_main", "fcn-predict": "predict_main", "fcn-data": "data_main",
-         "fcn-compare": "compare_main"}
+ENTRY = {"fcn-train": "train_main", "fcn-eval": "eval_main", "fcn-predict": "predict_main", "fcn-export": "export_main",
+         "fcn-data": "data_main", "fcn-compare": "compare_main"}
 
 
 @pytest.mark.parametrize("command, args", list(COMMANDS.items()), ids=lambda v: " ".join(v) if isinstance(v, list) else v.strip())
