@@ -18,9 +18,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "fcn_dist"
 
 PROCESS_MODULES = {"signal", "atexit", "multiprocessing", "torch.distributed", "accelerate", "wandb"}
-PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "data/check", "metrics",
-         "optim", "precision", "engine", "inference", "labels", "files", "datafiles"]
-NO_DATA = ["metrics", "optim", "inference", "model", "labels"]
+PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "data/check", "data/stats",
+         "metrics", "optim", "losses", "precision", "engine", "inference", "labels", "files", "datafiles"]
+NO_DATA = ["metrics", "optim", "losses", "inference", "model", "labels"]
 NO_TORCH = ["config", "labels", "files", "process", "cli", "datafiles", "tracking", "compare"]
 
 
@@ -98,6 +98,7 @@ COMMANDS = {
     "fcn-predict": ["--help"],
     "fcn-data": ["--help"],
     "fcn-data ": ["check", "--help"],
+    "fcn-data  ": ["stats", "--help"],
     "fcn-compare": ["--help"],
 }
 ENTRY = {"fcn-train": "train_main", "fcn-eval": "eval_main", "fcn-predict": "predict_main", "fcn-data": "data_main",
