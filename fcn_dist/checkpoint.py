@@ -473,19 +473,34 @@ RUN_CONFIG = "config.yaml"
 RESUMES = "resumes.jsonl"
 
 
-def run_precision(run_dir: Path) -> str | None:
-    """The resolved ``train.mixed_precision`` of a run that has checkpoints (its config.yaml), else None."""
+def _run_config_value(run_dir: Path, section: str, key: str) -> Any:
+    """``section.key`` of the config.yaml of a run that has checkpoints, else None (also when unreadable:
+    ``check_run_identity`` names the unreadable file)."""
     import yaml
 
     path = Path(run_dir) / RUN_CONFIG
     if not complete_checkpoints(run_dir) or not path.is_file():
         return None
     try:
-        value = (yaml.safe_load(path.read_text()) or {}).get("train", {}).get("mixed_precision")
+        return (yaml.safe_load(path.read_text()) or {}).get(section, {}).get(key)
     except (yaml.YAMLError, AttributeError):
-        return None  # check_run_identity names the unreadable file
+        return None
+
+
+def run_precision(run_dir: Path) -> str | None:
+    """The resolved ``train.mixed_precision`` of a run that has checkpoints (its config.yaml), else None."""
+    value = _run_config_value(run_dir, "train", "mixed_precision")
     value = "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
     return value if value in ("no", "fp16", "bf16") else None
+
+
+def run_class_weights(run_dir: Path) -> list[float] | None:
+    """The resolved ``optim.class_weights`` (a list) of a run that has checkpoints (its config.yaml), else None."""
+    value = _run_config_value(run_dir, "optim", "class_weights")
+    if isinstance(value, list) and value and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                 for v in value):
+        return [float(v) for v in value]
+    return None
 
 
 def free_run_name(run_dir: Path) -> str:

@@ -403,14 +403,16 @@ def data_parser() -> argparse.ArgumentParser:
     num_classes_help = (f"mask values must be < this or {IGNORE_INDEX} (default: a folder set's or Arrow copy's "
                         f"classes.yaml, else {len(VOC_CLASSES)})")
     parser = argparse.ArgumentParser(
-        prog="fcn-data", description="Prepare an Arrow copy of VOC, write the synthetic set, validate a dataset.",
+        prog="fcn-data", description="Prepare an Arrow copy of VOC, write the synthetic set, validate a dataset, "
+                                     "count its classes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  fcn-data synth --out data/synthetic --train 200 --val 40\n"
                "  fcn-data check --data-root data/VOCdevkit\n"
                "  fcn-data prepare --data-root data --out data/voc_arrow --splits train val\n"
                "  fcn-data synth --layout folder --out data/folder_demo --train 160 --val 24 --max-side 192\n"
-               "  fcn-data check --data-root data/folder_demo    # images/ masks/ classes.yaml [splits/]\n\n"
+               "  fcn-data check --data-root data/folder_demo    # images/ masks/ classes.yaml [splits/]\n"
+               "  fcn-data stats --data-root data/synthetic --output stats.json\n\n"
                f"exit codes: 0 success; {EXIT_PARTIAL} check found problems, or bad input.\n"
                "Run `fcn-data COMMAND --help` for the options of each command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -481,6 +483,39 @@ def data_parser() -> argparse.ArgumentParser:
     check.add_argument("--num-classes", type=int, default=None, help=num_classes_help)
     add_folder_split_args(check)
     add_max_pixels_arg(check)
+
+    stats = sub.add_parser(
+        "stats", help="pixels and images per class per split, and the class weights they suggest",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Count, over every mask of each split, the pixels of each class (void apart) and the\n"
+                    "images that contain it; print them with the class weights that optim.class_weights=auto\n"
+                    "would use with that split as the training split: ENet's w_c = 1 / ln(1.02 + p_c), p_c the\n"
+                    "class's share of the labelled pixels. Reads what fcn-train reads: a data root (VOCdevkit,\n"
+                    "an `fcn-data synth` set, an Arrow dataset) or the data section of a training config.\n\n"
+                    "  fcn-data stats --data-root data/synthetic --output stats.json\n"
+                    "  fcn-data stats --config configs/demo.yaml --split train")
+    source = stats.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-root", help="folder holding VOCdevkit/VOC2012, VOC2012 itself, or an Arrow dataset")
+    source.add_argument("--config", help="a training config: its data.* keys (and model.num_classes) say what to "
+                                         "read; section.key=value overrides may follow")
+    stats.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="with --config: dotted overrides, as fcn-train takes them")
+    stats.add_argument("--data-format", default=None,
+                       help="with --data-root: the reader, as data.format (default: found from DATA_ROOT's files: arrow "
+                            "for dataset_dict.json, voc for a VOC2012 folder, folder for classes.yaml or "
+                            "images/ + masks/)")
+    stats.add_argument("--split", nargs="+", default=None,
+                       help="splits to count (default: train and val; with --config, data.train_split and "
+                            "data.val_split)")
+    stats.add_argument("--num-classes", type=int, default=None,
+                       help=f"with --data-root: {num_classes_help}")
+    stats.add_argument("--num-workers", type=_count, default=2, help="loader workers decoding the samples "
+                                                                      "(default: %(default)s)")
+    add_max_pixels_arg(stats)
+    stats.add_argument("--output", type=Path, help="also write the counts and weights as JSON; an existing file "
+                       "that fcn-data stats did not write is refused before anything is read")
+    stats.add_argument("--overwrite", action="store_true", help="replace an existing --output that fcn-data "
+                       "stats did not write (never a file in the data root)")
     return parser
 
 
@@ -493,6 +528,11 @@ def data_main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error("--mask-format, --remap and --no-split-files are for --layout folder")
     if args.command == "synth" and args.remap and args.mask_format == "rgb":
         parser.error("--remap is for index masks: RGB masks map colours to classes (--mask-format index)")
+    if args.command == "stats" and args.config is None and (args.overrides or []):
+        parser.error("section.key=value overrides need --config")
+    if args.command == "stats" and args.config is not None and (args.data_format or args.num_classes):
+        parser.error("--data-format and --num-classes go with --data-root; with --config set data.format and "
+                     "model.num_classes as overrides")
     from .data.cli import run
 
     return run(args)

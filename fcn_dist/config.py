@@ -58,6 +58,28 @@ def _check_positive(section: str, key: str, value: float, allow_zero: bool = Fal
 
 
 INFERENCE_MODES = ("whole", "slide")
+LOSSES = ("ce", "dice", "ce+dice", "focal")
+"""``optim.loss`` values (``fcn_dist.losses`` implements them)."""
+CLASS_WEIGHTS_CHOICES = ("none", "auto")
+"""``optim.class_weights`` values other than a list of weights."""
+
+
+def _class_weights(value: Any) -> Any:
+    """``optim.class_weights`` checked: ``none`` (also YAML null), ``auto``, or a list of floats >= 0, not all 0.
+
+    Its length is checked against ``model.num_classes`` by ``Config``.
+    """
+    if value is None:
+        return "none"
+    if isinstance(value, str) and value in CLASS_WEIGHTS_CHOICES:
+        return value
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        weights = [float(v) for v in value]
+        if all(math.isfinite(w) and w >= 0 for w in weights) and any(w > 0 for w in weights):
+            return weights
+    raise ConfigError(f"optim.class_weights={value!r} must be none, auto or a list of model.num_classes "
+                      "finite numbers >= 0 (not all 0), e.g. optim.class_weights=[1.0,2.5,...]")
 
 DEFAULT_MAX_IMAGE_PIXELS = 178_956_970
 """Pillow's decompression-bomb limit, ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (its default), where
@@ -243,14 +265,22 @@ class OptimConfig:
     """Linear warmup from 0 over this many optimizer steps."""
     clip_grad_norm: float = 0.0
     """Clip the global gradient norm to this value; 0 disables clipping."""
+    loss: str = "ce"
+    """Training loss, fp32, void ignored, exact under sharding: ce (cross-entropy; without class weights divided by all pixels of the batch, with them PyTorch's weight= mean), dice (1 - soft Dice over the softmax, mean over the classes in the batch), ce+dice (their sum, weights 1 and 1) or focal (Lin et al., mean over labelled pixels)."""
+    focal_gamma: float = 2.0
+    """focal: the focusing exponent gamma of -(1 - p_t)^gamma log p_t (0 gives the weight= cross-entropy)."""
+    class_weights: Any = "none"
+    """Per-class loss weights: none, a list of model.num_classes numbers >= 0, or auto (ENet's 1 / ln(1.02 + p_c), p_c the class's share of the labelled pixels of data.train_split, as fcn-data stats suggests; resolved once and recorded in config.yaml, kept on resume)."""
 
     def __post_init__(self) -> None:
         _check_finite("optim", self)
         _check_choice("optim", "name", self.name, ("sgd", "adamw"))
         _check_choice("optim", "schedule", self.schedule, ("constant", "poly", "cosine"))
+        _check_choice("optim", "loss", self.loss, LOSSES)
         _check_positive("optim", "lr", self.lr)
-        for key in ("momentum", "weight_decay", "warmup_steps", "clip_grad_norm", "poly_power"):
+        for key in ("momentum", "weight_decay", "warmup_steps", "clip_grad_norm", "poly_power", "focal_gamma"):
             _check_positive("optim", key, getattr(self, key), allow_zero=True)
+        object.__setattr__(self, "class_weights", _class_weights(self.class_weights))
 
 
 @dataclass(frozen=True)
@@ -345,6 +375,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
+    def __post_init__(self) -> None:
+        weights = self.optim.class_weights
+        if isinstance(weights, list) and len(weights) != self.model.num_classes:
+            raise ConfigError(f"optim.class_weights has {len(weights)} entries but model.num_classes="
+                              f"{self.model.num_classes}: give one weight per class, or none, or auto")
+
     def run_dir(self) -> Path:
         """The run directory, ``<output_dir>/<run_name or name>``."""
         return Path(self.train.output_dir) / (self.train.run_name or self.name)
@@ -365,6 +401,8 @@ def _valid_keys(full_key: str) -> str:
 
 def _type_name(type_str: str) -> str:
     """``Optional[list[str]]`` -> ``list[str] or null`` (field types are strings here)."""
+    if type_str == "Any":  # optim.class_weights, the only such field
+        return "str or list[float]"
     if type_str.startswith("Optional[") and type_str.endswith("]"):
         return f"{type_str[len('Optional['):-1]} or null"
     return type_str

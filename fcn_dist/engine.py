@@ -14,7 +14,7 @@ import torch
 
 from .data.transforms import finish_windows
 from .model import normalize
-from .optim import segmentation_loss
+from .losses import LossFn, segmentation_loss
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch,
@@ -22,6 +22,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch,
                backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
                clip: Optional[Callable[[], torch.Tensor]] = None,
                autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+               loss_fn: Optional[LossFn] = None,
                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Forward, fp32 loss, backward, optimizer step and ``zero_grad`` of one (micro-)batch.
 
@@ -39,6 +40,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch,
             (``accelerator.clip_grad_norm_``); None skips it.
         autocast: a context for the forward pass (e.g. ``lambda: torch.autocast("cpu", torch.bfloat16)``);
             Accelerate's prepared model autocasts by itself.
+        loss_fn: ``loss(logits, masks) -> fp32 scalar`` (``fcn_dist.losses.build_loss``); None is
+            the plain cross-entropy, ``segmentation_loss``.
 
     Returns:
         (the loss, detached, fp32 scalar; the gradient norm from ``clip`` or None).
@@ -49,7 +52,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch,
     images = normalize(images).contiguous(memory_format=memory_format)
     with autocast():
         logits = model(images)
-    loss = segmentation_loss(logits, masks)
+    loss = (segmentation_loss if loss_fn is None else loss_fn)(logits, masks)
     backward(loss)
     grad_norm = clip() if clip is not None else None
     optimizer.step()

@@ -56,8 +56,9 @@ class EvalResult:
 
     Attributes:
         metrics: the docs/DESIGN.md "Evaluation JSON" without ``checkpoint`` and ``split``: mIoU,
-            pixel_accuracy, mean_accuracy, fwIoU, per_class_IoU {name: float or None},
-            num_images, confusion_matrix (list of lists).
+            pixel_accuracy, mean_accuracy, fwIoU, mDice, mFscore, per_class_IoU,
+            per_class_Dice, per_class_Fscore ({name: float or None} each), num_images,
+            confusion_matrix (list of lists).
         confusion: int64 (C, C) confusion matrix summed over all processes, on the CPU.
         examples: up to ``num_examples`` (image uint8 (3, H, W), pred uint8 (H, W),
             label uint8 (H, W)) on the CPU, from the main process's images; empty elsewhere.
@@ -73,6 +74,12 @@ class EvalResult:
     per_image: list = dataclasses.field(default_factory=list)
 
 
+SUMMARY_SCORES = ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "mDice", "mFscore")
+"""The evaluation JSON's scalar scores, in its order."""
+PER_CLASS_SCORES = ("per_class_IoU", "per_class_Dice", "per_class_Fscore")
+"""Its per-class scores: ``{class name: float or None}`` each."""
+
+
 def metrics_from_confusion(cm: torch.Tensor, classes: Sequence[str], num_images: int) -> dict:
     """The docs/DESIGN.md "Evaluation JSON" dict (without checkpoint and split) of a confusion matrix.
 
@@ -83,9 +90,8 @@ def metrics_from_confusion(cm: torch.Tensor, classes: Sequence[str], num_images:
     """
     scores = compute_scores(cm)
     return {
-        "mIoU": scores["mIoU"], "pixel_accuracy": scores["pixel_accuracy"],
-        "mean_accuracy": scores["mean_accuracy"], "fwIoU": scores["fwIoU"],
-        "per_class_IoU": dict(zip(classes, scores["per_class_IoU"])),
+        **{key: scores[key] for key in SUMMARY_SCORES},
+        **{key: dict(zip(classes, scores[key])) for key in PER_CLASS_SCORES},
         "num_images": int(num_images), "confusion_matrix": cm.cpu().tolist(),
     }
 
@@ -229,13 +235,19 @@ def evaluate(model: torch.nn.Module, loader, accelerator: Accelerator, num_class
 
 
 def format_table(metrics: dict) -> str:
-    """Per-class IoU table and the summary scores, as printed by ``fcn-eval``."""
+    """Per-class IoU, Dice and F-score table and the summary scores, as printed by ``fcn-eval``."""
     per_class = metrics["per_class_IoU"]
     width = max(len("pixel_accuracy"), *(len(n) for n in per_class))
-    lines = [f"{'class':<{width}}  IoU", f"{'-' * width}  ------"]
-    lines += [f"{name:<{width}}  {'-' if iou is None else f'{iou:.4f}'}" for name, iou in per_class.items()]
-    lines.append(f"{'-' * width}  ------")
-    for key in ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU"):
+    rule = f"{'-' * width}  ------  ------  ------"
+
+    def cell(value) -> str:
+        return f"{'-' if value is None else f'{value:.4f}':>6}"
+
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Dice':>6}  {'Fscore':>6}", rule]
+    lines += [f"{name:<{width}}  " + "  ".join(cell(metrics[key][name]) for key in PER_CLASS_SCORES)
+              for name in per_class]
+    lines.append(rule)
+    for key in SUMMARY_SCORES:
         lines.append(f"{key:<{width}}  {metrics[key]:.4f}")
     lines.append(f"{'num_images':<{width}}  {metrics['num_images']}")
     return "\n".join(lines)

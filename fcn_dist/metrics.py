@@ -6,8 +6,16 @@ scores of the whole set. Conventions (docs/DESIGN.md, "Evaluation"):
 
 - ``cm[i, j]`` counts pixels of true class ``i`` predicted as class ``j``;
 - pixels labelled ``ignore_index`` (255, VOC's void border) are not counted;
-- a class absent from both labels and predictions has IoU ``None`` and is left out of the
-  mean (nanmean); a class present only in the predictions has IoU 0.
+- a class absent from both labels and predictions has IoU, Dice and F-score ``None`` and is
+  left out of their means (nanmean); a class present only in the predictions (or only in the
+  labels) scores 0.
+
+Dice and F-score follow mmsegmentation (``mmseg.evaluation.metrics.IoUMetric``):
+``Dice_c = 2 TP / (2 TP + FP + FN)``; ``F_c = (1 + beta^2) P R / (beta^2 P + R)`` with beta = 1,
+precision ``P = TP / (TP + FP)`` and recall ``R = TP / (TP + FN)``. With beta = 1 the F-score is
+Dice (up to rounding). One difference from mmsegmentation: a class that is labelled but never
+predicted (or predicted but never labelled) has precision (recall) 0 here, so its F-score is 0
+and counts in the mean; mmsegmentation's 0/0 = NaN would drop it from ``mFscore``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from __future__ import annotations
 import torch
 
 from .labels import IGNORE_INDEX
+
+FSCORE_BETA = 1.0
+"""The F-score's beta (mmsegmentation's default): precision and recall weigh the same."""
 
 
 def confusion_matrix(preds: torch.Tensor, labels: torch.Tensor, num_classes: int,
@@ -58,9 +69,10 @@ def compute_scores(cm: torch.Tensor) -> dict:
     Returns:
         dict with ``pixel_accuracy`` (correct / labelled pixels), ``mean_accuracy`` (mean
         per-class recall over classes present in the labels), ``mIoU`` (mean IoU over classes
-        whose IoU is defined), ``fwIoU`` (IoU weighted by label frequency) as floats, and
-        ``per_class_IoU``: a list of C floats, ``None`` for a class absent from both labels
-        and predictions.
+        whose IoU is defined), ``fwIoU`` (IoU weighted by label frequency), ``mDice`` and
+        ``mFscore`` (means over the same classes) as floats, and ``per_class_IoU``,
+        ``per_class_Dice``, ``per_class_Fscore``: lists of C floats, ``None`` for a class
+        absent from both labels and predictions.
 
     Raises:
         ValueError: not a square matrix, or no labelled pixel at all (every score undefined).
@@ -76,11 +88,26 @@ def compute_scores(cm: torch.Tensor) -> dict:
     predicted = cm.sum(dim=0)
     union = gt + predicted - tp
     iou = tp / union  # 0/0 = nan for classes absent from labels and predictions
+    dice = 2 * tp / (gt + predicted)  # 2TP / (2TP + FP + FN), nan exactly where iou is
+    defined = union > 0
+    precision = torch.where(predicted > 0, tp / predicted, 0.0)
+    recall = torch.where(gt > 0, tp / gt, 0.0)
+    beta2 = FSCORE_BETA ** 2
+    fscore = (1 + beta2) * precision * recall / (beta2 * precision + recall)  # 0/0 = nan: no TP
+    fscore = torch.where(defined, torch.nan_to_num(fscore, nan=0.0), float("nan"))
     present = gt > 0
     return {
         "mIoU": float(iou.nanmean()),
         "pixel_accuracy": float(tp.sum() / total),
         "mean_accuracy": float((tp[present] / gt[present]).mean()),
-        "fwIoU": float((gt[union > 0] / total * iou[union > 0]).sum()),
-        "per_class_IoU": [None if torch.isnan(v) else float(v) for v in iou],
+        "fwIoU": float((gt[defined] / total * iou[defined]).sum()),
+        "mDice": float(dice.nanmean()),
+        "mFscore": float(fscore.nanmean()),
+        "per_class_IoU": _per_class(iou),
+        "per_class_Dice": _per_class(dice),
+        "per_class_Fscore": _per_class(fscore),
     }
+
+
+def _per_class(values: torch.Tensor) -> list:
+    return [None if torch.isnan(v) else float(v) for v in values]

@@ -1,15 +1,13 @@
-"""Optimizer, per-iteration LR schedule and the segmentation loss. Plain PyTorch."""
+"""Optimizer and per-iteration LR schedule. Plain PyTorch (the losses are in ``fcn_dist.losses``)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fcn_dist.config import OptimConfig
-from fcn_dist.labels import IGNORE_INDEX
 
 
 def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -37,20 +35,3 @@ def build_scheduler(cfg: OptimConfig, optimizer: torch.optim.Optimizer, total_st
     """A LambdaLR stepped once per optimizer step, ``total_steps`` long."""
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, total_steps))
 
-
-def segmentation_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-pixel cross-entropy in fp32, void (``IGNORE_INDEX``) ignored, averaged over all pixels of the batch.
-
-    Dividing by every pixel, void included (mmsegmentation's default ``avg_non_ignore=False``),
-    makes the loss of a batch the mean of its per-process losses whatever the split, so N
-    processes with batch B give the same gradient as one process with batch N*B.
-
-    Args:
-        logits: (B, C, H, W) in any float dtype.
-        masks: (B, H, W) integer class ids, ``IGNORE_INDEX`` = void.
-
-    Returns:
-        Scalar fp32 loss.
-    """
-    total = F.cross_entropy(logits.float(), masks.long(), ignore_index=IGNORE_INDEX, reduction="sum")
-    return total / masks.numel()

@@ -166,3 +166,19 @@ def main_process_choice(processes, value: str, options: tuple[str, ...]) -> str:
 
     index = torch.tensor(options.index(value) if processes.is_main_process else 0, device=processes.device)
     return options[int(broadcast(index))]
+
+
+def main_process_floats(processes, values, count: int) -> list[float]:
+    """The main process's ``count`` floats on every process: one broadcast of a float64 tensor.
+
+    For values only the main process computes (``optim.class_weights=auto``: the training split's
+    pixel counts). The other processes pass anything (None) and wait, bounded by the process
+    group's timeout.
+    """
+    if processes.num_processes == 1:
+        return [float(v) for v in values]
+    import torch
+    from accelerate.utils import broadcast
+
+    local = values if processes.is_main_process else [0.0] * count
+    return broadcast(torch.tensor(local, dtype=torch.float64, device=processes.device)).tolist()

@@ -21,7 +21,10 @@ from fcn_dist.labels import IGNORE_INDEX
 
 STEP_KEY = "train/step"
 """The x-axis of every W&B key: the optimizer step (fcn-eval: the checkpoint's step)."""
-VAL_SCORES = ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU")
+VAL_SCORES = ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "mDice", "mFscore")
+"""The scalar scores of an evaluation, logged as ``<prefix>/<name>``."""
+PER_CLASS_KEYS = {"IoU": "per_class_IoU", "Dice": "per_class_Dice", "Fscore": "per_class_Fscore"}
+"""Per-class scores, logged as ``<prefix>/<name>/<class>`` from the metrics dict's ``per_class_*``."""
 BEST_KEY = "val/best_mIoU"
 """The best val mIoU so far: a plain number in the summary, what configs/sweep.yaml ranks by."""
 NON_TTY_INTERVAL_S = 30.0
@@ -90,7 +93,8 @@ def define_metrics(run) -> None:
     """``train/step`` is every key's x-axis; val scores keep their maximum in the summary, the loss its minimum."""
     run.define_metric(STEP_KEY)
     run.define_metric("*", step_metric=STEP_KEY)
-    for key in (*(f"val/{name}" for name in VAL_SCORES), "val/IoU/*"):  # BEST_KEY's last value is its best
+    for key in (*(f"val/{name}" for name in VAL_SCORES), *(f"val/{name}/*" for name in PER_CLASS_KEYS)):
+        # BEST_KEY keeps the default (last) summary: its last value is its best
         run.define_metric(key, step_metric=STEP_KEY, summary="max")
     run.define_metric("train/loss", step_metric=STEP_KEY, summary="min")
 
@@ -263,11 +267,13 @@ class MetricsLog:
 # ---- evaluation scalars, tables and media ---------------------------------------------------------
 
 def val_scalars(metrics: dict[str, Any], classes: Sequence[str], prefix: str = "val") -> dict[str, float]:
-    """``<prefix>/mIoU``, ``/pixel_accuracy``, ``/mean_accuracy``, ``/fwIoU`` and ``/IoU/<class>`` (defined ones)."""
+    """``<prefix>/<score>`` for ``VAL_SCORES`` (mIoU, pixel_accuracy, mean_accuracy, fwIoU, mDice, mFscore) and
+    ``/IoU/<class>``, ``/Dice/<class>``, ``/Fscore/<class>`` for the classes where they are defined."""
     row = {f"{prefix}/{name}": metrics[name] for name in VAL_SCORES}
-    for name, iou in zip(classes, metrics["per_class_IoU"].values()):
-        if iou is not None:
-            row[f"{prefix}/IoU/{name}"] = iou
+    for name, key in PER_CLASS_KEYS.items():
+        for class_name, value in zip(classes, metrics[key].values()):
+            if value is not None:
+                row[f"{prefix}/{name}/{class_name}"] = value
     return row
 
 
@@ -295,8 +301,9 @@ def eval_tables(confusion, classes: Sequence[str], prefix: str) -> dict[str, Any
     for i, name in enumerate(classes):
         tp, labelled, predicted = cm[i][i], sum(cm[i]), sum(row[i] for row in cm)
         union = labelled + predicted - tp
-        rows.append([name, tp / union if union else None, tp / labelled if labelled else None, labelled, predicted, tp])
-    per_class = wandb.Table(columns=["class", "IoU", "accuracy", "labelled_pixels", "predicted_pixels",
+        rows.append([name, tp / union if union else None, 2 * tp / (labelled + predicted) if union else None,
+                     tp / labelled if labelled else None, labelled, predicted, tp])
+    per_class = wandb.Table(columns=["class", "IoU", "Dice", "accuracy", "labelled_pixels", "predicted_pixels",
                                      "correct_pixels"], data=rows)
     return {f"{prefix}/confusion_matrix": chart, f"{prefix}/per_class": per_class}
 

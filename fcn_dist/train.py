@@ -31,20 +31,22 @@ from tqdm.auto import tqdm
 
 from fcn_dist.checkpoint import (RUN_CONFIG, CheckpointError, TrainState, check_run_identity, complete_checkpoints,
                                  export_model, find_resume_checkpoint, free_run_name, load_checkpoint, plan_resume,
-                                 record_resume, run_precision, save_checkpoint, train_state_json)
+                                 record_resume, run_class_weights, run_precision, save_checkpoint, train_state_json)
 from fcn_dist.cli import bad_input_errors, train_main
 from fcn_dist.config import ConfigError, config_fingerprint, save_config
-from fcn_dist.data import build_dataloaders
+from fcn_dist.data import build_dataloaders, build_reader
+from fcn_dist.data.stats import WEIGHTS_FORMULA, count_classes, enet_weights
 from fcn_dist.data.voc import DataError
 from fcn_dist.engine import train_step
 from fcn_dist.evaluate import evaluate, write_eval_files
 from fcn_dist.folderfiles import resolve_classes
 from fcn_dist.labels import class_names
+from fcn_dist.losses import Shards, build_loss
 from fcn_dist.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from fcn_dist.optim import build_optimizer, build_scheduler
 from fcn_dist.precision import PRECISIONS, PrecisionChoice, resolve_precision
 from fcn_dist.process import (EXIT_LOST_PEER, EXIT_NONFINITE, EXIT_PREEMPTED, StopFlag, fail, loader_worker_init,
-                              lost_peer, main_process_choice, peer_reason)
+                              lost_peer, main_process_choice, main_process_floats, peer_reason)
 from fcn_dist.tracking import (BEST_KEY, STEP_KEY, MetricsLog, console, eval_line, eval_tables, example_images, finish_wandb,
                                flat_config, log_model_artifact, model_source, progress_options, run_facts,
                                run_location, start_wandb, summary_lines, val_scalars, wandb_init_kwargs)
@@ -111,6 +113,35 @@ def _choose_precision(cfg, processes: PartialState):
     return cfg, choice
 
 
+def loss_shards(accelerator: Accelerator) -> Shards:
+    """What the losses know of the process group (``fcn_dist.losses``): N, and a sum over processes."""
+    if accelerator.num_processes == 1:
+        return Shards()
+    return Shards(accelerator.num_processes, lambda tensor: accelerator.reduce(tensor, reduction="sum"))
+
+
+def _resolve_class_weights(cfg, accelerator: Accelerator):
+    """``optim.class_weights=auto`` resolved once: a resumed run's own weights (its config.yaml), else
+    ``WEIGHTS_FORMULA`` over the pixel counts of ``data.train_split``, counted by the main process
+    (as ``fcn-data stats``) and broadcast. The list is what config.yaml and W&B record."""
+    if cfg.optim.class_weights != "auto":
+        return cfg
+    num_classes = cfg.model.num_classes
+    weights, how = run_class_weights(cfg.run_dir()), f"kept from {cfg.run_dir() / RUN_CONFIG}"
+    if weights is None:
+        how = f"{WEIGHTS_FORMULA}, over split {cfg.data.train_split!r}"
+        if accelerator.is_main_process:
+            counts = count_classes(build_reader(cfg.data, cfg.data.train_split), num_classes,
+                                   cfg.data.num_workers, loader_worker_init(), desc="class weights")
+            if not counts.labelled:
+                raise DataError(f"split {cfg.data.train_split!r} of {cfg.data.root} has no labelled pixel: "
+                                "optim.class_weights=auto has nothing to weigh; set optim.class_weights=none")
+            weights = enet_weights(counts.pixels)
+        weights = main_process_floats(accelerator, weights, num_classes)
+    accelerator.print(f"class weights (auto: {how}): [{', '.join(f'{w:.4f}' for w in weights)}]")
+    return dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, class_weights=weights))
+
+
 def _end(accelerator: Accelerator, stop: StopFlag) -> None:
     """Finish W&B and destroy the process group (gloo aborts at exit otherwise)."""
     try:
@@ -136,6 +167,7 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
     if cfg.train.resume == "never" and complete_checkpoints(run_dir):  # before anything in it is touched
         raise CheckpointError(f"{run_dir} already holds checkpoints and train.resume=never: use train.resume=auto "
                               f"to continue it, or a new run beside it: train.run_name={free_run_name(run_dir)}")
+    cfg = _resolve_class_weights(cfg, accelerator)
     _, changes = check_run_identity(cfg, run_dir)  # exit 2 before anything in the run directory is written
     set_seed(cfg.train.seed)
     torch.backends.cudnn.benchmark = True
@@ -152,6 +184,7 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
     model = model.to(memory_format=memory_format)
     model = torch.compile(model) if cfg.train.compile else model
     optimizer = build_optimizer(cfg.optim, model)
+    loss_fn = build_loss(cfg.optim, cfg.model.num_classes, accelerator.device, loss_shards(accelerator))
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     cfg, folder, saved, plan = _find_resume(cfg, accelerator, run_dir, changes)
 
@@ -201,7 +234,8 @@ def _train(cfg, accelerator: Accelerator, stop: StopFlag) -> int:
                     if accelerator.sync_gradients and (cfg.optim.clip_grad_norm or is_boundary(state.step + 1)):
                         def clip():
                             return accelerator.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm or math.inf)
-                    loss, grad_norm = train_step(model, optimizer, batch, memory_format, accelerator.backward, clip)
+                    loss, grad_norm = train_step(model, optimizer, batch, memory_format, accelerator.backward, clip,
+                                                 loss_fn=loss_fn)
                 state.batch_in_epoch += 1
                 out.add_loss(loss, state.step + 1)
                 if not accelerator.sync_gradients:

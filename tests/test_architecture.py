@@ -21,9 +21,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fcn_dist"
 
 PROCESS_MODULES = {"signal", "atexit", "multiprocessing", "torch.distributed", "accelerate", "wandb"}
 PLAIN = ["model", "data", "data/transforms", "data/voc", "data/hub", "data/synthetic", "data/check", "data/folder",
-         "metrics", "optim", "precision", "engine", "inference", "labels", "files", "datafiles", "folderfiles", "images",
-         "metadata", "runtime"]
-NO_DATA = ["metrics", "optim", "inference", "model", "labels"]
+         "data/stats", "metrics", "optim", "losses", "precision", "engine", "inference", "labels", "files", "datafiles",
+         "folderfiles", "images", "metadata", "runtime"]
+NO_DATA = ["metrics", "optim", "losses", "inference", "model", "labels"]
 NO_TORCH = ["config", "labels", "files", "process", "cli", "datafiles", "folderfiles", "tracking", "compare"]
 NEVER_TORCH = ["images", "metadata", "runtime"]
 """No torch at any depth (numpy is fine): the ONNX prediction path."""
@@ -133,6 +133,7 @@ COMMANDS = {
     "fcn-export": ["--help"],
     "fcn-data": ["--help"],
     "fcn-data ": ["check", "--help"],
+    "fcn-data  ": ["stats", "--help"],
     "fcn-compare": ["--help"],
 }
 ENTRY = {"fcn-train": "train_main", "fcn-eval": "eval_main", "fcn-predict": "predict_main", "fcn-export": "export_main",

@@ -152,3 +152,30 @@ def test_max_image_pixels_defaults_to_pillows_limit_and_must_be_positive():
     assert load_config(None, ["data.max_image_pixels=1000"]).data.max_image_pixels == 1000
     with pytest.raises(ConfigError, match="data.max_image_pixels=0 must be > 0"):
         load_config(None, ["data.max_image_pixels=0"])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["optim.class_weights=[1,2,3]"], "optim.class_weights has 3 entries but model.num_classes=21"),
+    (["model.num_classes=3", "optim.class_weights=[1,2]"], "optim.class_weights has 2 entries but model.num_classes=3"),
+    (["--config", "YAML"], "optim.class_weights has 2 entries but model.num_classes=21"),
+    (["optim.class_weights=heavy"], "optim.class_weights='heavy' must be none, auto or a list"),
+    (["model.num_classes=2", "optim.class_weights=[1,-1]"], "optim.class_weights=[1, -1] must be"),
+    (["optim.loss=lovasz"], "optim.loss='lovasz' is not one of ce, dice, ce+dice, focal"),
+])
+def test_bad_loss_settings_exit_2_with_one_line_naming_the_key(tmp_path, args, fragment, capsys):
+    from fcn_dist.cli import train_main
+
+    args = [str(_yaml(tmp_path, "optim:\n  class_weights: [1.0, 2.0]\n")) if a == "YAML" else a for a in args]
+    assert train_main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"fcn-train: error: {lines[0].removeprefix('fcn-train: error: ')}"] and fragment in lines[0], lines
+
+
+def test_class_weights_take_none_auto_or_one_number_per_class(tmp_path):
+    assert load_config().optim.class_weights == "none" and load_config().optim.loss == "ce"
+    assert load_config(None, ["optim.class_weights=null"]).optim.class_weights == "none"
+    assert load_config(None, ["optim.class_weights=auto"]).optim.class_weights == "auto"
+    cfg = load_config(None, ["model.num_classes=3", "optim.class_weights=[1,2.5,0]", "optim.loss=ce+dice"])
+    assert cfg.optim.class_weights == [1.0, 2.5, 0.0]
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg  # the resolved list loads back unchanged

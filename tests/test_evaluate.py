@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 torch.set_num_threads(1)
 INFO = type("Info", (), {"mean": IMAGENET_MEAN, "std": IMAGENET_STD})()
-JSON_KEYS = {"mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "per_class_IoU", "num_images", "confusion_matrix",
-             "checkpoint", "split"}
+JSON_KEYS = {"mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "mDice", "mFscore", "per_class_IoU", "per_class_Dice",
+             "per_class_Fscore", "num_images", "confusion_matrix", "checkpoint", "split"}
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,39 @@ def test_scores_by_hand():
     assert scores["pixel_accuracy"] == pytest.approx(4 / 6, abs=1e-15)
     assert scores["mean_accuracy"] == pytest.approx((3 / 4 + 1 / 2) / 2, abs=1e-15)  # classes with labels
     assert scores["fwIoU"] == pytest.approx(4 / 6 * 3 / 4 + 2 / 6 * 1 / 3, abs=1e-15)
-    assert set(scores) == {"mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "per_class_IoU"}
-    assert all(type(scores[k]) is float for k in ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU"))
+    assert set(scores) == {"mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "mDice", "mFscore", "per_class_IoU",
+                           "per_class_Dice", "per_class_Fscore"}
+    assert all(type(scores[k]) is float for k in ("mIoU", "pixel_accuracy", "mean_accuracy", "fwIoU", "mDice",
+                                                  "mFscore"))
+
+
+def test_dice_and_fscore_by_hand_absent_classes_left_out():
+    scores = compute_scores(torch.tensor(EXPECTED_CM))
+    # Dice = 2TP / (2TP + FP + FN): class 0: 6/(6+0+1), class 1: 2/(2+1+1), class 2 (only predicted): 0/(0+1+0),
+    # class 3 (in neither): 0/0 -> None, left out of the mean
+    assert scores["per_class_Dice"][:3] == pytest.approx([6 / 7, 2 / 4, 0.0], abs=1e-15)
+    assert scores["per_class_Dice"][3] is None
+    assert scores["mDice"] == pytest.approx((6 / 7 + 1 / 2 + 0) / 3, abs=1e-15)
+    # F1 from precision and recall: class 0: P = 3/3, R = 3/4 -> 2PR/(P+R) = 6/7; class 1: P = 1/2, R = 1/2 -> 1/2;
+    # class 2: P = 0/1, R undefined (no label) -> 0; class 3: None
+    assert scores["per_class_Fscore"][:3] == pytest.approx([6 / 7, 1 / 2, 0.0], abs=1e-15)
+    assert scores["per_class_Fscore"][3] is None
+    assert scores["mFscore"] == pytest.approx((6 / 7 + 1 / 2) / 3, abs=1e-15)
+
+
+def test_fscore_of_a_class_labelled_but_never_predicted_is_zero_and_counts():
+    # class 0: 2 right, 1 predicted as 1; class 1: 1 labelled, never predicted right (predicted 0); class 2 absent
+    cm = torch.tensor([[2, 1, 0], [1, 0, 0], [0, 0, 0]])
+    scores = compute_scores(cm)
+    # class 0: P = 2/3, R = 2/3 -> F = 2/3, Dice = 4/(4+1+1); class 1: TP 0, P = 0/1, R = 0/1 -> F 0, Dice 0
+    assert scores["per_class_Fscore"] == pytest.approx([2 / 3, 0.0, None], abs=1e-15)
+    assert scores["per_class_Dice"] == pytest.approx([4 / 6, 0.0, None], abs=1e-15)
+    assert scores["mFscore"] == pytest.approx(1 / 3, abs=1e-15) and scores["mDice"] == pytest.approx(1 / 3, abs=1e-15)
+    # a class labelled and never predicted at all (an empty column): precision 0/0 is taken as 0, so F = 0
+    scores = compute_scores(torch.tensor([[3, 0], [2, 0]]))
+    assert scores["per_class_Fscore"] == pytest.approx([2 * 1 * 0.6 / 1.6, 0.0], abs=1e-15)
+    assert scores["per_class_Dice"] == pytest.approx([6 / 8, 0.0], abs=1e-15)
+    assert scores["mFscore"] == pytest.approx(0.75 / 2, abs=1e-15)
 
 
 def test_perfect_prediction_scores_one():
@@ -53,7 +84,8 @@ def test_perfect_prediction_scores_one():
     preds = torch.tensor([0, 1, 2, 2, 1])
     scores = compute_scores(confusion_matrix(preds, labels, 3))
     assert scores["mIoU"] == scores["pixel_accuracy"] == scores["mean_accuracy"] == scores["fwIoU"] == 1.0
-    assert scores["per_class_IoU"] == [1.0, 1.0, 1.0]
+    assert scores["mDice"] == scores["mFscore"] == 1.0
+    assert scores["per_class_IoU"] == scores["per_class_Dice"] == scores["per_class_Fscore"] == [1.0, 1.0, 1.0]
 
 
 def test_out_of_range_ids_are_errors():

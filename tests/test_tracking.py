@@ -132,7 +132,8 @@ def test_summaries_keep_the_best_and_the_sweep_ranks_by_a_plain_best(wandb_home,
     best = -1.0
     for step, miou, loss in [(5, 0.30, 2.0), (10, 0.50, 1.0), (15, 0.40, 1.5)]:  # the last evaluation is not the best
         best = max(best, miou)
-        run.log({tracking.STEP_KEY: step, "val/mIoU": miou, tracking.BEST_KEY: best, "train/loss": loss}, step=step)
+        run.log({tracking.STEP_KEY: step, "val/mIoU": miou, tracking.BEST_KEY: best, "train/loss": loss,
+                 "val/mDice": miou + 0.1, "val/Dice/cat": miou + 0.2, "val/Fscore/cat": miou + 0.2}, step=step)
     run.finish()
     records = read_records(run.settings.sync_file)
     summary = {}
@@ -140,6 +141,11 @@ def test_summaries_keep_the_best_and_the_sweep_ranks_by_a_plain_best(wandb_home,
         if record.WhichOneof("record_type") == "summary":
             summary.update({u.key or "/".join(u.nested_key): json.loads(u.value_json) for u in record.summary.update})
     assert summary["val/mIoU"] == {"max": 0.50}
+    assert summary["val/mDice"] == {"max": 0.60}
+    # per-class keys get summary="max" from glob definitions (wandb applies those to the summary nondeterministically
+    # in offline run files, so the definitions are what is checked)
+    globs = {r.metric.glob_name for r in records if r.WhichOneof("record_type") == "metric" and r.metric.summary.max}
+    assert {"val/IoU/*", "val/Dice/*", "val/Fscore/*"} <= globs
     assert summary["train/loss"] == {"min": 1.0}
     metric = yaml.safe_load((REPO / "configs" / "sweep.yaml").read_text())["metric"]
     assert metric == {"name": tracking.BEST_KEY, "goal": "maximize"}
@@ -200,3 +206,17 @@ def test_summary_lines_name_best_final_models_and_where_the_run_is(tmp_path):
                      "  W&B run: https://w/r"]
     assert tracking.eval_line(40, {"mIoU": 0.4431, "pixel_accuracy": 0.91}, True, 2.04) == (
         "step 40: val mIoU 0.4431, pixel accuracy 0.9100 (2.0 s), new best")
+
+
+def test_val_scalars_hold_every_score_and_the_defined_per_class_ones():
+    import torch
+
+    from fcn_dist.evaluate import metrics_from_confusion
+
+    names = ["background", "cat", "dog"]
+    metrics = metrics_from_confusion(torch.tensor([[3, 1, 0], [0, 2, 0], [0, 0, 0]]), names, 1)
+    row = tracking.val_scalars(metrics, names)
+    assert set(row) == {"val/mIoU", "val/pixel_accuracy", "val/mean_accuracy", "val/fwIoU", "val/mDice", "val/mFscore",
+                        *(f"val/{score}/{name}" for score in ("IoU", "Dice", "Fscore") for name in ("background", "cat"))}
+    assert row["val/Dice/cat"] == metrics["per_class_Dice"]["cat"] == 4 / 5
+    assert row["val/mDice"] == metrics["mDice"]

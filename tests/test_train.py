@@ -34,6 +34,7 @@ def _env(**extra):
            "PYTHONUNBUFFERED": "1", "WANDB_SILENT": "true"}
     env.pop("WANDB_API_KEY", None)
     env.pop("WANDB_RUN_GROUP", None)
+    env.pop("WANDB_SERVICE", None)  # an in-process wandb test's service (maybe gone since): children start their own
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
@@ -243,6 +244,41 @@ def test_folder_demo_learns_and_its_classes_reach_config_exports_eval_and_predic
     shares = [line for line in predicted.stdout.splitlines() if line.startswith(str(root))]
     assert len(shares) == 1 and "background " in shares[0]
     assert set(re.findall(r"([a-z]+) [<\d.]+%", shares[0])) <= set(names)
+
+
+def _enet_weights_of_masks(voc_root) -> list[float]:
+    """ENet's 1 / ln(1.02 + p_c) over the train split's mask files, counted with numpy alone."""
+    import numpy as np
+    from PIL import Image
+
+    voc = voc_root / "VOCdevkit" / "VOC2012" if (voc_root / "VOCdevkit").is_dir() else voc_root
+    pixels = np.zeros(256, dtype=np.int64)
+    for name in (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split():
+        pixels += np.bincount(np.array(Image.open(voc / "SegmentationClass" / f"{name}.png")).ravel(), minlength=256)
+    return (1 / np.log(1.02 + pixels[:21] / pixels[:21].sum())).tolist()
+
+
+@pytest.mark.parametrize("processes, loss", [(1, "ce+dice"), (2, "dice")])
+def test_auto_class_weights_are_resolved_recorded_and_kept_on_resume(voc_root, tmp_path, processes, loss):
+    """optim.class_weights=auto with another loss, on 1 process and on 2 (the main process counts and broadcasts):
+    it trains, config.yaml holds the weights of the training masks, and the same command then finds the run
+    complete (auto meets the recorded list, not a changed experiment)."""
+    launcher = None if processes == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                            "--master_port", "29534"]
+    args = _overrides(voc_root, tmp_path, "balanced", **{"optim.loss": loss, "optim.class_weights": "auto",
+                                                         "train.max_steps": 2})
+    first = _train(args, launcher=launcher)
+    import yaml
+
+    recorded = yaml.safe_load((tmp_path / "balanced" / "config.yaml").read_text())["optim"]
+    assert recorded["loss"] == loss
+    assert recorded["class_weights"] == pytest.approx(_enet_weights_of_masks(voc_root), rel=1e-12)
+    assert first.stdout.count("class weights (auto: ENet") == 1  # printed once, by the main process
+    rows = [json.loads(line) for line in (tmp_path / "balanced" / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < r["train/loss"] < 10 for r in rows if "train/loss" in r) and len(_losses(tmp_path / "balanced")) == 2
+    assert 0 <= [r for r in rows if "val/mDice" in r][-1]["val/mDice"] <= 1
+    again = _train(args, launcher=launcher)
+    assert "is complete" in again.stdout and "class weights (auto: kept from" in again.stdout
 
 
 def test_resume_never_refuses_a_run_with_checkpoints_and_touches_nothing(voc_root, tmp_path):

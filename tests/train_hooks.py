@@ -7,6 +7,7 @@ Test-only. Used as ``python tests/train_hooks.py --config ... overrides`` (or un
 - ``FCN_TEST_SIGUSR1_AT_CALL=k``: SIGUSR1 to this process during the k-th forward pass (Slurm's
   preemption warning, as the batch script forwards it).
 - ``FCN_TEST_NAN_AT_CALL=k``: the k-th loss (1-based) is NaN.
+  (These count calls of the training loss, whichever ``optim.loss`` builds: ``train.build_loss`` is wrapped.)
 - ``FCN_TEST_FAIL_SAVE_AT_STEP=s``: the checkpoint of step s fails halfway (after Accelerate has
   written part of it).
 - ``FCN_TEST_LOG_SAMPLES=DIR``: every rank appends the dataset indices each training micro-batch
@@ -29,24 +30,30 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-import fcn_dist.engine as engine
 import fcn_dist.train as train
 
 calls = {"loss": 0}
-_loss = engine.segmentation_loss
+_build_loss = train.build_loss
 _save = train.save_checkpoint
 
 
-def segmentation_loss(logits, masks):
-    calls["loss"] += 1
-    if calls["loss"] == int(os.environ.get("FCN_TEST_SIGTERM_AT_CALL", 0)):
-        os.killpg(os.getpgid(0), signal.SIGTERM)
-    if calls["loss"] == int(os.environ.get("FCN_TEST_SIGUSR1_AT_CALL", 0)):
-        os.kill(os.getpid(), signal.SIGUSR1)
-    loss = _loss(logits, masks)
-    if calls["loss"] == int(os.environ.get("FCN_TEST_NAN_AT_CALL", 0)):
-        loss = loss * torch.tensor(float("nan"))
-    return loss
+def hooked(loss_fn):
+    def loss_with_hooks(logits, masks):
+        calls["loss"] += 1
+        if calls["loss"] == int(os.environ.get("FCN_TEST_SIGTERM_AT_CALL", 0)):
+            os.killpg(os.getpgid(0), signal.SIGTERM)
+        if calls["loss"] == int(os.environ.get("FCN_TEST_SIGUSR1_AT_CALL", 0)):
+            os.kill(os.getpid(), signal.SIGUSR1)
+        loss = loss_fn(logits, masks)
+        if calls["loss"] == int(os.environ.get("FCN_TEST_NAN_AT_CALL", 0)):
+            loss = loss * torch.tensor(float("nan"))
+        return loss
+
+    return loss_with_hooks
+
+
+def build_loss(*args, **kwargs):
+    return hooked(_build_loss(*args, **kwargs))
 
 
 def save_checkpoint(accelerator, run_dir, step, keep_last, *args):
@@ -71,7 +78,7 @@ def save_checkpoint(accelerator, run_dir, step, keep_last, *args):
     return out
 
 
-engine.segmentation_loss = segmentation_loss
+train.build_loss = build_loss
 
 if os.environ.get("FCN_TEST_LOG_SAMPLES"):
     from fcn_dist.data.transforms import AugmentedDataset
