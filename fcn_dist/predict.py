@@ -229,7 +229,8 @@ Predictor = Callable[[np.ndarray], np.ndarray]
 
 
 def torch_predictor(args: argparse.Namespace, device) -> tuple[list[str], Predictor]:
-    """``--checkpoint``: the safetensors model in torch on ``device``, as ``--fold-bn``/``--channels-last`` ask.
+    """``--checkpoint``: the safetensors model in torch on ``device``, as ``--fold-bn``/``--channels-last`` ask,
+    under autocast as ``--mixed-precision`` asks (``auto``: ``precision.resolve_precision``, forward only).
 
     Returns:
         (class names, predictor).
@@ -242,11 +243,17 @@ def torch_predictor(args: argparse.Namespace, device) -> tuple[list[str], Predic
     from .checkpoint import load_model
     from .inference import infer_logits
 
+    from .precision import resolve_precision
+
     model, info = load_model(args.checkpoint, device)
     model = model_from_args(model, args)
+    choice = resolve_precision(args.mixed_precision, device.type, training=False)
+    if args.mixed_precision == "auto":  # say what auto chose (stdout: stderr is for errors only), as fcn-eval does
+        print(f"mixed precision: {choice.precision} ({choice.reason})")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(choice.precision)
 
     def predict(images: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             batch = torch.from_numpy(images).to(device)
             return infer_logits(model, batch, info.mean, info.std, args.options).argmax(dim=1).cpu().numpy()
 

@@ -31,7 +31,9 @@ def data(tmp_path_factory):
 
 
 def _run(args, capsys):
-    code = main([str(a) for a in args])
+    """fcn-predict in this process, in fp32 unless ``args`` name a precision (the comparisons here are fp32's)."""
+    args = [str(a) for a in args]
+    code = main(args if "--mixed-precision" in args else [*args, "--mixed-precision", "no"])
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -283,3 +285,55 @@ def test_a_legend_taller_than_the_image_ends_with_a_more_row():
     assert _legend(shares, VOC_CLASSES, 10).height > 90
     short = _legend(shares, VOC_CLASSES, 10, max_height=90)
     assert short.height <= 90 and short.height == _legend(shares[:5], VOC_CLASSES, 10).height  # 4 classes + more
+
+
+@pytest.mark.parametrize("probe, chosen", [("faster", "bf16"), ("slower", "no")])
+def test_mixed_precision_auto_follows_the_probe_and_says_so(tmp_path, data, capsys, monkeypatch, probe, chosen):
+    """--mixed-precision auto (the default): the forward-only probe decides; "no" gives fp32's masks exactly."""
+    from fcn_dist import precision
+
+    ckpt, voc = data
+    image = next((voc / "JPEGImages").glob("val_*.jpg"))
+    monkeypatch.setattr(precision, "_cache", {})
+    timings = {"faster": (1.0, 0.5), "slower": (1.0, 2.0)}[probe]  # (fp32 s, bf16 s)
+    monkeypatch.setattr(precision, "probe_cpu", lambda training, **kw: timings)
+    code, stdout, err = _run(["--checkpoint", ckpt, "--output", tmp_path / "auto", "--device", "cpu",
+                              "--mixed-precision", "auto", image], capsys)
+    assert code == 0 and err == "", err
+    assert f"mixed precision: {chosen} (auto: bf16 " in stdout
+    code, stdout, _ = _run(["--checkpoint", ckpt, "--output", tmp_path / "fp32", "--device", "cpu", image], capsys)
+    assert code == 0 and "mixed precision" not in stdout  # an explicit choice is not announced
+    auto, fp32 = (np.asarray(Image.open(tmp_path / d / f"{image.stem}.png")) for d in ("auto", "fp32"))
+    if chosen == "no":
+        assert np.array_equal(auto, fp32)
+    else:  # bf16 autocast: a valid class map of the image's size (rounding may move near-tie pixels)
+        assert auto.shape == fp32.shape and auto.max() < 21
+
+
+def test_mixed_precision_bf16_runs_under_autocast(tmp_path, data, capsys, monkeypatch):
+    """An explicit bf16 means bf16: the model's convolutions see bfloat16 (autocast), and masks are written."""
+    ckpt, voc = data
+    image = next((voc / "JPEGImages").glob("val_*.jpg"))
+    seen = []
+    real_conv = torch.nn.Conv2d._conv_forward
+
+    def conv_forward(self, x, weight, bias):
+        out = real_conv(self, x, weight, bias)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv2d, "_conv_forward", conv_forward)
+    code, _, err = _run(["--checkpoint", ckpt, "--output", tmp_path / "bf16", "--device", "cpu",
+                         "--mixed-precision", "bf16", image], capsys)
+    assert code == 0, err
+    assert seen and set(seen) == {torch.bfloat16}
+    assert (tmp_path / "bf16" / f"{image.stem}.png").is_file()
+
+
+def test_onnx_refuses_an_autocast_precision(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--onnx", str(tmp_path / "m.onnx"), "--output", str(tmp_path / "out"), "--mixed-precision", "bf16",
+              str(tmp_path / "x.jpg")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()  # argparse's usage, then the error line
+    assert err[-1].startswith("fcn-predict: error: --mixed-precision bf16: --onnx runs the graph in fp32")
