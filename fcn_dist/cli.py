@@ -149,11 +149,16 @@ def model_from_args(model, args: argparse.Namespace):
     return model.eval()
 
 
-def _pixels(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 1")
-    return value
+def _at_least(minimum: int):
+    """An argparse ``type``: an int >= ``minimum`` (argparse's own message names the flag)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text} must be >= {minimum}")
+        return value
+
+    parse.__name__ = "int"  # argparse says "invalid int value: 'x'" for a non-number
+    return parse
 
 
 def _fraction(text: str) -> float:
@@ -176,7 +181,7 @@ def add_folder_split_args(parser: argparse.ArgumentParser) -> None:
 
 def add_max_pixels_arg(parser: argparse.ArgumentParser) -> None:
     """``--max-image-pixels``, the CLI form of ``data.max_image_pixels``."""
-    parser.add_argument("--max-image-pixels", type=_pixels, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+    parser.add_argument("--max-image-pixels", type=_at_least(1), default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
                         help="largest image accepted, width x height; a larger file is refused from its header "
                              "(default: %(default)s, Pillow's decompression-bomb limit)")
 
@@ -392,20 +397,6 @@ def export_main(argv: Optional[Sequence[str]] = None) -> int:
 
 # ---- fcn-data -----------------------------------------------------------------------------
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
-    return value
-
-
-def _side(text: str) -> int:
-    value = int(text)
-    if value < 16:
-        raise argparse.ArgumentTypeError(f"{text} must be >= 16")
-    return value
-
-
 def data_parser() -> argparse.ArgumentParser:
     num_classes_help = (f"mask values must be < this or {IGNORE_INDEX} (default: a folder set's or Arrow copy's "
                         f"classes.yaml, else {len(VOC_CLASSES)})")
@@ -465,10 +456,10 @@ def data_parser() -> argparse.ArgumentParser:
     synth.add_argument("--no-split-files", action="store_true",
                        help="--layout folder: write no splits/; readers then split by --val-fraction / "
                             "data.val_fraction")
-    synth.add_argument("--train", type=_count, default=200, help="training images (default: 200)")
-    synth.add_argument("--val", type=_count, default=40, help="validation images (default: 40)")
+    synth.add_argument("--train", type=_at_least(0), default=200, help="training images (default: 200)")
+    synth.add_argument("--val", type=_at_least(0), default=40, help="validation images (default: 40)")
     synth.add_argument("--seed", type=int, default=0, help="generator seed (default: 0)")
-    synth.add_argument("--max-side", type=_side, default=500, help="longest image side in pixels (default: 500)")
+    synth.add_argument("--max-side", type=_at_least(16), default=500, help="longest image side in pixels (default: 500)")
 
     check = sub.add_parser(
         "check", help="validate a dataset and list every problem",
@@ -516,7 +507,7 @@ def data_parser() -> argparse.ArgumentParser:
                             "data.val_split)")
     stats.add_argument("--num-classes", type=int, default=None,
                        help=f"with --data-root: {num_classes_help}")
-    stats.add_argument("--num-workers", type=_count, default=2, help="loader workers decoding the samples "
+    stats.add_argument("--num-workers", type=_at_least(0), default=2, help="loader workers decoding the samples "
                                                                       "(default: %(default)s)")
     add_max_pixels_arg(stats)
     stats.add_argument("--output", type=Path, help="also write the counts and weights as JSON; an existing file "

@@ -37,11 +37,13 @@ def _module_file(name: str) -> Path:
     return path if path.exists() else PACKAGE / name / "__init__.py"
 
 
-def imports(path: Path) -> set[str]:
-    """Absolute names of every module ``path`` imports, at any depth (functions included)."""
+def imports(path: Path, top_level: bool = False) -> set[str]:
+    """Absolute names of every module ``path`` imports, at any depth (functions included), or with
+    ``top_level`` only at module level."""
     package = ["fcn_dist", *path.relative_to(PACKAGE).parent.parts]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in (tree.body if top_level else ast.walk(tree)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -84,17 +86,7 @@ def forbidden_edges() -> list[str]:
 
 def _top_level_imports(path: Path) -> set[str]:
     """Absolute names of the modules ``path`` imports at module level (not inside functions)."""
-    package = ["fcn_dist", *path.relative_to(PACKAGE).parent.parts]
-    names: set[str] = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = package[:len(package) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
+    return imports(path, top_level=True)
 
 
 def test_no_forbidden_import_edges():
