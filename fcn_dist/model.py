@@ -125,7 +125,7 @@ class FCN(nn.Module):
             ``transpose_conv``), stride 32, 16 or 8 depending on the arch.
         score_layer3, up2_32 (fcn16s, fcn8s), score_layer2, up2_16 (fcn8s): skip scores and
             2x transposed convs.
-        head: how ``upsample`` runs: ``auto`` (``pixel_shuffle`` on CPU with autograd, else
+        head: how ``upsample`` runs: ``auto`` (``pixel_shuffle`` on CPU with autograd or in bf16, else
             ``conv_transpose``), ``pixel_shuffle`` (``upsample_by_pixel_shuffle``) or
             ``conv_transpose`` (the plain layer). Same parameters and numbers up to rounding.
     """
@@ -168,12 +168,19 @@ class FCN(nn.Module):
             logits = self.up2_16(logits) + self.score_layer2(feats["layer2"])
         if self.head not in HEADS:
             raise ValueError(f"FCN.head={self.head!r} is not one of {', '.join(HEADS)}")
-        # auto: on CPU the 2x2 conv avoids ConvTranspose2d's slow weight gradient (see
-        # upsample_by_pixel_shuffle); without autograd the plain layer is the faster one there.
+        # auto: on CPU the 2x2 conv avoids ConvTranspose2d's slow weight gradient and its slow bf16
+        # forward (see upsample_by_pixel_shuffle); fp32 without autograd keeps the plain layer,
+        # the faster one there.
         fast = self.head == "pixel_shuffle" or (
-            self.head == "auto" and logits.device.type == "cpu" and torch.is_grad_enabled())
+            self.head == "auto" and logits.device.type == "cpu" and (torch.is_grad_enabled() or _bf16(logits)))
         logits = upsample_by_pixel_shuffle(logits, self.upsample) if fast else self.upsample(logits)
         return logits[..., :h, :w]
+
+
+def _bf16(x: torch.Tensor) -> bool:
+    """Whether a CPU op on ``x`` runs in bfloat16: a bf16 tensor, or bf16 autocast on."""
+    return x.dtype == torch.bfloat16 or (
+        torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
 
 def _exporting() -> bool:
@@ -196,9 +203,12 @@ def upsample_by_pixel_shuffle(x: torch.Tensor, layer: nn.ConvTranspose2d) -> tor
     head the most expensive single layer of a bf16 training step. As a 2x2 conv it takes oneDNN's
     brgemm kernels, plus the copies of the shuffle: the bf16 training step gets faster and the
     fp32 one stays the same. bf16 autocast is not slower than fp32 on CPU in any layout, with or
-    without this path; running the head in fp32 under bf16 autocast was slower. GPUs keep
-    ``nn.ConvTranspose2d`` (cuDNN): nothing has been measured there yet. So does inference on
-    CPU (forward only, no autograd), where the plain layer was the faster one.
+    without this path; running the head in fp32 under bf16 autocast was slower. On a CPU with
+    AMX (Intel Xeon, Sapphire Rapids) the bf16 *forward* of the fcn32s ``ConvTranspose2d`` is
+    itself pathological (about 0.9 s for one 384x512 image, against 11 ms for this form), so bf16
+    inference on CPU takes this path too. GPUs keep ``nn.ConvTranspose2d`` (cuDNN): nothing has
+    been measured there yet. So does fp32 inference on CPU (no autograd), where the plain layer
+    is the faster one.
     Measured figures: benchmarks/README.md, "Upsampling head".
 
     Args:

@@ -106,3 +106,20 @@ def test_model_on_cpu_takes_the_fast_path_and_matches_the_plain_layer(arch, monk
     # the heads sum the same 84 products (21 ch x 2x2 taps) in another order (autograd may pick other backbone
     # kernels too): ~eps*K = 1e-5 of the largest logit at worst, <= 8.1e-7 measured on every ISA tried: >= 20x
     assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-5)
+
+
+def test_bf16_inference_on_cpu_takes_the_fast_path_fp32_inference_the_plain_layer(monkeypatch):
+    # On an AMX Xeon the bf16 forward of ConvTranspose2d(21, 21, 64, stride=32) took 0.9 s per
+    # 384x512 image against 11 ms for the pixel-shuffle form (benchmarks/README.md), so auto must
+    # not run the plain layer under bf16 autocast, with or without autograd.
+    torch.set_num_threads(1)
+    model = build_model(ModelConfig(arch="fcn32s", pretrained="none")).eval()
+    calls = []
+    model.upsample.register_forward_hook(lambda *a: calls.append(1))
+    images = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        model(images)
+        assert calls == [1]  # fp32, no autograd: the plain layer
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(images)
+    assert calls == [1] and out.shape == (1, 21, 64, 96)
