@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.run import _median_run, data_ratios, machine_info, train_ratios, tree_memory
+from benchmarks.run import _median_run, data_ratios, machine_info, precision_targets, train_ratios, tree_memory
 
 REPO = Path(__file__).resolve().parents[1]
 
 MODEL_ONLY = {"fcn_dist fp32", "fcn_dist fp32 channels_last", "fcn_dist bf16", "fcn_dist bf16 channels_last",
               "d2l fp32", "fcn_dist fp32 channels_last compile", "fcn_dist bf16 channels_last compile"}
 END_TO_END = {"fcn_dist fp32", "fcn_dist fp32 channels_last", "fcn_dist bf16", "fcn_dist bf16 channels_last",
-              "fcn_dist bf16 channels_last compile", "d2l fp32"}
+              "fcn_dist auto channels_last", "fcn_dist bf16 channels_last compile", "d2l fp32"}
 
 
 @pytest.mark.slow
@@ -37,7 +37,9 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
 
     results = json.loads((tmp_path / json_name).read_text())
     assert set(results) == {"environment", "date", "settings", "ceiling", "data", "train", "eval", "elapsed_s",
-                            "errors"}
+                            "errors", "complete"}
+    assert results["complete"] is True
+    assert {"avx2", "avx512f"} & set(results["environment"]["cpu_features"])  # x86-64 CI machines have one
     ceiling = results["ceiling"]
     assert {case["dtype"] for case in ceiling["cases"].values() if case["kind"] == "conv"} == {"fp32", "bf16"}
     assert {"fp32", "bf16"} <= set(ceiling["ceiling_gflop_per_s"]) and min(ceiling["ceiling_gflop_per_s"].values()) > 0
@@ -75,21 +77,26 @@ def test_quick_run_writes_json_and_markdown_with_every_section(tmp_path):
             if row in train["model_only"] and row["impl"] == "fcn":  # its dtype's ceiling bounds it
                 assert row["fraction_of_ceiling"] > 0
     ran_e2e = {r["name"] for r in train["end_to_end"] if r["status"] == "ok"}
-    assert ran_e2e == {"fcn_dist bf16 channels_last", "d2l fp32"}
-    assert any(r["pair"] == "train images/s, end to end: fcn_dist bf16 channels_last / d2l fp32"
+    assert ran_e2e == {"fcn_dist auto channels_last", "d2l fp32"}
+    auto_row = next(r for r in train["end_to_end"] if r["name"] == "fcn_dist auto channels_last")
+    assert auto_row["resolved_precision"] in ("no", "bf16") and auto_row["auto_reason"].startswith("auto: ")
+    assert auto_row["fraction_of_ceiling"] > 0
+    assert any(r["pair"] == "train images/s, end to end: fcn_dist auto channels_last / d2l fp32"
                for r in train["ratios"])
 
     evals = results["eval"]["cases"]
-    assert [c["precision"] for c in evals] == ["no", "bf16"]
-    for case in evals:
-        for name in ("fcn_dist", "d2l", "d2l_tiled"):
+    assert [c["precision"] for c in evals] == ["no", "bf16", "auto"]
+    assert evals[2]["resolved_precision"] in ("no", "bf16")
+    for case in evals:  # d2l runs in fp32 only, as d2l does
+        for name in ("fcn_dist", "d2l", "d2l_tiled") if case["precision"] == "no" else ("fcn_dist",):
             assert case[name]["images"] == 3 and case[name]["images_per_s"] > 0, name
             assert case[name]["fraction_of_ceiling"] > 0, name
-    assert any(r["pair"] == "eval images/s, fp32: fcn_dist / d2l_tiled" for r in results["eval"]["ratios"])
+    assert all("d2l" not in case for case in evals[1:])
+    assert any(r["pair"] == "eval images/s: fcn_dist bf16 / d2l_tiled fp32" for r in results["eval"]["ratios"])
 
     markdown = (tmp_path / md_name).read_text()
     for heading in ("## This machine's ceiling", "## Data loaders", "## Training step, model only", "## Training step, end to end",
-                    "## Evaluation", "## Ratios"):
+                    "## Evaluation", "## Ratios", "## Precision targets (issue 18)"):
         assert heading in markdown
     for name in MODEL_ONLY:
         assert f"| {name} |" in markdown
@@ -143,6 +150,26 @@ def test_train_ratios_compare_with_d2l_and_model_only():
         "train images/s, end to end: fcn_dist bf16 / d2l fp32": 3.0,
         "end to end / model only: fcn_dist bf16": 0.75,
         "end to end / model only: d2l fp32": 0.75,
+    }
+
+
+def test_precision_targets_compare_auto_with_the_faster_fixed_precision():
+    def row(name, precision, images_per_s, fraction, **extra):
+        return {"name": name, "impl": "fcn", "status": "ok", "precision": precision, "compile": False,
+                "images_per_s": images_per_s, "fraction_of_ceiling": fraction, **extra}
+
+    e2e = [row("fcn_dist fp32 channels_last", "no", 4.0, 0.5), row("fcn_dist bf16 channels_last", "bf16", 6.0, 0.2),
+           row("fcn_dist auto channels_last", "auto", 5.9, 0.2, resolved_precision="bf16"),
+           {"name": "d2l fp32", "impl": "d2l", "status": "ok", "precision": "no", "images_per_s": 2.0}]
+    evals = [{"precision": "no", "fcn_dist": {"images_per_s": 10.0}},
+             {"precision": "bf16", "fcn_dist": {"images_per_s": 8.0}},
+             {"precision": "auto", "resolved_precision": "bf16", "fcn_dist": {"images_per_s": 8.1}}]
+    found = {t["target"]: (round(t["measured"], 4), t["met"])
+             for t in precision_targets({"train": {"end_to_end": e2e}, "eval": {"cases": evals}})}
+    assert found == {
+        "train end to end: auto / fastest fixed variant (fcn_dist bf16 channels_last)": (0.9833, True),
+        "train end to end: fastest variant (fcn_dist bf16 channels_last) / its dtype's ceiling": (0.2, False),
+        "eval: auto / faster precision (fp32)": (0.81, False),  # auto chose bf16 where fp32 was faster
     }
 
 
