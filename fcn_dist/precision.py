@@ -2,7 +2,8 @@
 
 Which precision is fastest is a property of the machine, not of the recipe: on a 2-core AMD
 EPYC (Zen 4) bf16 autocast trained 1.7-1.9x faster than fp32, on a 2-core Intel Xeon with
-AVX-512 BF16 but no AMX it was 27% slower (benchmarks/README.md). So:
+AVX-512 BF16 but no AMX it was 27% slower, and on one with AMX 2.05x faster (probe: 4.3x;
+benchmarks/README.md). So:
 
 - CUDA: bf16 where the GPU supports it, else fp16 (Accelerate adds the GradScaler).
 - CPU: bf16 only where ``probe_cpu`` measures it faster than fp32 by ``MARGIN``: a few
