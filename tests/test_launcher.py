@@ -17,7 +17,9 @@ from fcn_dist import launcher
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
-# What the launched test script does: exit with a code, kill itself, or wait for SIGTERM and exit 75
+# What the launched test script does: exit with a code, kill itself, or wait for SIGTERM and exit
+# with the code ("wait"); "save" also takes 6 s after SIGTERM before exiting, like a checkpoint save
+# (longer than the 5 s after which accelerate's own one-process launcher kills its process)
 CHILD = textwrap.dedent("""\
     import os, signal, sys, time
     stop = []
@@ -32,8 +34,11 @@ CHILD = textwrap.dedent("""\
         time.sleep(0.05)
     if action == "kill":
         os.kill(os.getpid(), value)
-    while action == "wait" and not stop:
+    while action in ("wait", "save") and not stop:
         time.sleep(0.05)
+    if action == "save":
+        time.sleep(6)
+        print("child saved", flush=True)
     sys.exit(value)
 """)
 
@@ -178,12 +183,13 @@ def _wait_ready(proc: subprocess.Popen, processes: int, timeout_s: float = 180) 
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("processes", [1, 2])
 def test_sigterm_to_the_launcher_reaches_the_processes_and_keeps_their_exit_code(tmp_path, processes):
-    """As on scancel: the processes save and exit 75; no SignalException traceback from torch elastic."""
-    proc = _accelerate(tmp_path, processes, "wait", "75")
+    """As on scancel: the processes save (6 s) and exit 75; no SignalException traceback from torch elastic."""
+    proc = _accelerate(tmp_path, processes, "save", "75")
     head = _wait_ready(proc, processes)
     time.sleep(0.5)  # the launcher's own handler is in place before it starts any process; this is margin
     proc.send_signal(signal.SIGTERM)
     code, out = _finish(proc)
     out = "".join(head) + out
     assert code == 75, out
+    assert out.count("child saved") == processes, out
     assert "Traceback" not in out and "SignalException" not in out, out
