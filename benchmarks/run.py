@@ -319,8 +319,11 @@ def fcn_train_step(model, optimizer, batch, variant: dict, memory_format, device
 
     images, masks, *windows = batch
     batch = (images.to(device, non_blocking=True), masks.to(device, non_blocking=True), *windows)
+    # fp16 (auto on a GPU without bf16) runs without a GradScaler here: the benchmark times the step,
+    # and an overflowing step costs the same time.
+    precision = _resolved(variant)
     loss, _ = train_step(model, optimizer, batch, memory_format, autocast=lambda: torch.autocast(
-        device.type, dtype=torch.bfloat16, enabled=_resolved(variant) == "bf16"))
+        device.type, dtype=torch.float16 if precision == "fp16" else torch.bfloat16, enabled=precision != "no"))
     return loss
 
 
