@@ -389,8 +389,8 @@ def console(line: str) -> None:
 
 def eval_line(step: int, metrics: dict[str, Any], new_best: bool, seconds: float) -> str:
     """The one console line after an evaluation."""
-    return (f"step {step}: val mIoU {metrics['mIoU']:.4f}, pixel accuracy {metrics['pixel_accuracy']:.4f} "
-            f"({seconds:.1f} s){', new best' if new_best else ''}")
+    return (f"step {step}: val mIoU {metrics['mIoU']:.4f}, mDice {metrics['mDice']:.4f}, "
+            f"pixel accuracy {metrics['pixel_accuracy']:.4f} ({seconds:.1f} s){', new best' if new_best else ''}")
 
 
 def summary_lines(best: tuple[float, int] | None, final: float | None, seconds: float, models: Sequence[Path],

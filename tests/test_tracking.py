@@ -204,8 +204,8 @@ def test_summary_lines_name_best_final_models_and_where_the_run_is(tmp_path):
     lines = tracking.summary_lines((0.79, 200), 0.781, 111, [best, tmp_path / "missing"], "W&B run: https://w/r")
     assert lines == ["done: best val mIoU 0.7900 at step 200, final val mIoU 0.7810, 1m51s", f"  {best}",
                      "  W&B run: https://w/r"]
-    assert tracking.eval_line(40, {"mIoU": 0.4431, "pixel_accuracy": 0.91}, True, 2.04) == (
-        "step 40: val mIoU 0.4431, pixel accuracy 0.9100 (2.0 s), new best")
+    assert tracking.eval_line(40, {"mIoU": 0.4431, "mDice": 0.5512, "pixel_accuracy": 0.91}, True, 2.04) == (
+        "step 40: val mIoU 0.4431, mDice 0.5512, pixel accuracy 0.9100 (2.0 s), new best")
 
 
 def test_val_scalars_hold_every_score_and_the_defined_per_class_ones():

@@ -445,7 +445,7 @@ def test_console_reports_each_evaluation_and_a_summary_without_cursor_escapes(th
     assert "\x1b[A" not in log and "\x1b[" not in log  # a non-TTY log (pipes here, a file under Slurm)
     lines = [line for line in out.splitlines() if line.startswith("step ")]
     assert [int(line.split(":")[0].split()[1]) for line in lines] == [5, 10, 15, 20]
-    pattern = r"step \d+: val mIoU \d\.\d{4}, pixel accuracy \d\.\d{4} \(\d+\.\d s\)(, new best)?"
+    pattern = r"step \d+: val mIoU \d\.\d{4}, mDice \d\.\d{4}, pixel accuracy \d\.\d{4} \(\d+\.\d s\)(, new best)?"
     assert all(re.fullmatch(pattern, line) for line in lines), lines
     assert lines[0].endswith(", new best")
     rows = [json.loads(line) for line in (root / "eval5" / "metrics.jsonl").read_text().splitlines()]
