@@ -1,8 +1,8 @@
 """Issue 18, Deliver 3: the CPU options for a training step, measured side by side on this machine.
 
-    python -m benchmarks.cpu_options                 # eager options, model only (about 6 minutes on 2 cores)
+    python -m benchmarks.cpu_options                 # eager options, model only (about 2.5 minutes on 2 cores)
     python -m benchmarks.cpu_options --threads-study # + OMP/affinity/thread settings, each in its own process
-    python -m benchmarks.cpu_options --compile       # + torch.compile default and max-autotune (tens of minutes)
+    python -m benchmarks.cpu_options --compile       # + torch.compile default and max-autotune (a few minutes)
     python -m benchmarks.cpu_options --profile       # + torch.profiler's top ops of an fp32 and a bf16 step
 
 Every option is fcn_dist's real training step (``fcn_dist.engine.train_step`` on ``build_model``'s
@@ -38,24 +38,14 @@ import datetime
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.run import REPO, RESULTS_DIR, _config, _flops_per_image, _fmt, _log, machine_info
+from benchmarks.run import (RESULTS_DIR, _config, _flops_per_image, _fmt, _log, _synthetic_batches, machine_info,
+                            run_child)
 
 BATCH, CROP = 8, (320, 480)
-
-
-def _batch():
-    import torch
-
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (BATCH, 3, *CROP), dtype=torch.uint8, generator=gen)
-    masks = torch.randint(0, 21, (BATCH, *CROP), dtype=torch.uint8, generator=gen)
-    return images, masks
 
 
 @contextlib.contextmanager
@@ -135,7 +125,7 @@ def _step_fn(option):
     optimizer = build_optimizer(cfg.optim, model)
     if compile_mode:
         model = torch.compile(model, mode=compile_mode)
-    batch = _batch()
+    batch = _synthetic_batches({"batch": BATCH, "crop": CROP}, torch.device("cpu"))[0]  # benchmarks.run's batch
 
     def step():
         with _context(context):
@@ -196,33 +186,20 @@ def profile(names: list[str], top: int = 12) -> dict:
     return out
 
 
-THREAD_SETTINGS = {
-    "2 threads (default)": {},
-    "1 thread": {"OMP_NUM_THREADS": "1"},
-    "OMP_PROC_BIND=close OMP_PLACES=cores": {"OMP_PROC_BIND": "close", "OMP_PLACES": "cores"},
-    "GOMP_CPU_AFFINITY=0-1": {"GOMP_CPU_AFFINITY": "0-1"},
+THREAD_SETTINGS = {  # name: (OMP_NUM_THREADS, other environment variables)
+    "2 threads (default)": (len(os.sched_getaffinity(0)), {}),
+    "1 thread": (1, {}),
+    "OMP_PROC_BIND=close OMP_PLACES=cores": (len(os.sched_getaffinity(0)), {"OMP_PROC_BIND": "close",
+                                                                            "OMP_PLACES": "cores"}),
+    "GOMP_CPU_AFFINITY=0-1": (len(os.sched_getaffinity(0)), {"GOMP_CPU_AFFINITY": "0-1"}),
 }
 
 
 def _child(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
-    options = {name: tuple(OPTIONS[name]) for name in spec["options"]}
-    result = measure(options, spec["rounds"], spec["steps"], spec["warmup"])
+    result = measure({name: OPTIONS[name] for name in spec["options"]}, spec["rounds"], spec["steps"], spec["warmup"])
     Path(spec["out"]).write_text(json.dumps(result))
     return 0
-
-
-def run_in_child(env_extra: dict, options: list[str], rounds: int, steps: int, warmup: int) -> dict:
-    with tempfile.TemporaryDirectory(prefix="fcn-cpu-options-") as tmp:
-        spec_path, out = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_path.write_text(json.dumps({"options": options, "rounds": rounds, "steps": steps, "warmup": warmup,
-                                         "out": str(out)}))
-        env = {**os.environ, "OMP_NUM_THREADS": str(len(os.sched_getaffinity(0))), **env_extra}
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.cpu_options", "--child", str(spec_path)],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=3600)
-        if proc.returncode != 0 or not out.is_file():
-            return {"error": " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])}
-        return json.loads(out.read_text())
 
 
 def render(results: dict) -> str:
@@ -280,11 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         results["profile"] = profile(["fp32 channels_last", "bf16 autocast channels_last"])
     if args.threads_study:
         results["threads"] = {}
-        for setting, env in THREAD_SETTINGS.items():
+        for setting, (threads, env) in THREAD_SETTINGS.items():
             _log(f"cpu options: threads, {setting}")
-            results["threads"][setting] = run_in_child(
-                env, ["fp32 channels_last", "bf16 autocast channels_last"], max(2, args.rounds // 2), args.steps,
-                args.warmup)
+            spec = {"options": ["fp32 channels_last", "bf16 autocast channels_last"],
+                    "rounds": max(2, args.rounds // 2), "steps": args.steps, "warmup": args.warmup}
+            result = run_child("options", spec, 3600, threads, module="benchmarks.cpu_options", env=env)
+            result.pop("wall_s", None)  # run_child's; the rows are the options
+            results["threads"][setting] = result
     results["elapsed_s"] = (datetime.datetime.now() - started).total_seconds()
     stem = f"{info['machine']}-{results['date']}-cpu-options"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -700,16 +700,18 @@ def _log(message: str) -> None:
     print(f"[benchmarks {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def run_child(kind: str, spec: dict, timeout_s: int, threads: int) -> dict:
-    """Run one case in a child process; a crash or a timeout becomes ``{"error": ...}``."""
+def run_child(kind: str, spec: dict, timeout_s: int, threads: int, module: str = "benchmarks.run",
+              env: dict | None = None) -> dict:
+    """Run one case in a child process (``python -m MODULE --child SPEC``, with ``env`` added to this
+    process's environment); a crash or a timeout becomes ``{"error": ...}``."""
     with tempfile.TemporaryDirectory(prefix="fcn-bench-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_path.write_text(json.dumps({**spec, "kind": kind, "out": str(out_path)}))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "WANDB_MODE": "offline",
-               "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+               "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", **(env or {})}
         t0 = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--child", str(spec_path)], cwd=REPO,
+            proc = subprocess.run([sys.executable, "-m", module, "--child", str(spec_path)], cwd=REPO,
                                   env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout_s} s"}

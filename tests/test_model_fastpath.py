@@ -108,7 +108,7 @@ def test_model_on_cpu_takes_the_fast_path_and_matches_the_plain_layer(arch, monk
     assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()), rtol=1e-5)
 
 
-def test_bf16_inference_on_cpu_takes_the_fast_path_fp32_inference_the_plain_layer(monkeypatch):
+def test_bf16_inference_on_cpu_takes_the_fast_path_fp32_inference_the_plain_layer():
     # On an AMX Xeon the bf16 forward of ConvTranspose2d(21, 21, 64, stride=32) took 0.9 s per
     # 384x512 image against 11 ms for the pixel-shuffle form (benchmarks/README.md), so auto must
     # not run the plain layer under bf16 autocast, with or without autograd.
